@@ -1,0 +1,71 @@
+# Deep Learning for Computer Vision - the course's commands.
+#   make lab    set up .venv if needed, then open JupyterLab (student view) in notebooks/
+#   make test   set up .venv if needed, then run every test (utils, notebooks, assignments, grading)
+# Instructor commands: make lab-instructor | release | submissions | autograde SUBMISSIONS=<dir>
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := $(CURDIR)/.venv
+STAMP := $(VENV)/.requirements.sha256
+REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+# nbgrader calls alembic by name, notebooks call jupyter: the venv comes first on PATH
+export PATH := $(VENV)/bin:$(PATH)
+export PYTHONDONTWRITEBYTECODE := 1
+export MPLBACKEND := Agg
+
+PORT ?= 8888
+LAB_ARGS ?=
+PYTEST_ARGS ?=
+JOBS ?= 2
+ASSIGNMENTS := $(notdir $(patsubst %/,%,$(dir $(wildcard solutions/*/*.ipynb))))
+
+.PHONY: help setup lab lab-instructor test test-fast release submissions autograde clean
+
+help:
+	@sed -n '2,4p' Makefile
+
+# (Re)install when requirements.txt or pyproject.toml changed; the stamp holds their hash.
+setup:
+	@test -x $(VENV)/bin/python || { echo "creating .venv with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@if [ "$$(cat $(STAMP) 2>/dev/null)" != "$(REQ_HASH)" ]; then \
+	    echo "installing requirements into .venv (first time: several minutes)"; \
+	    $(VENV)/bin/python -m pip install --quiet --upgrade pip; \
+	    $(VENV)/bin/python -m pip install --quiet -r requirements.txt; \
+	    $(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .; \
+	    $(VENV)/bin/python -m utils._guard install >/dev/null; \
+	    echo "$(REQ_HASH)" > $(STAMP); \
+	fi
+
+# Students: the nbgrader formgrader/create-assignment UI is switched off by jupyter/student/.
+lab: setup
+	cd notebooks && JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter/student jupyter lab --ip=127.0.0.1 --port=$(PORT) $(LAB_ARGS)
+
+# Instructors: the same lab with nbgrader's formgrader and create-assignment panels.
+lab-instructor: setup
+	jupyter lab --ip=127.0.0.1 --port=$(PORT) $(LAB_ARGS)
+
+test: setup
+	COURSE_STATIC_WIDGETS=1 $(VENV)/bin/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax \
+	    --nbval-cell-timeout=600 -p no:cacheprovider tests notebooks solutions $(PYTEST_ARGS)
+
+# unit tests only (seconds)
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not slow and not browser" tests $(PYTEST_ARGS)
+
+# Regenerate the student release assignments/ from the nbgrader source in solutions/.
+release: setup
+	$(VENV)/bin/python -m grading release $(ASSIGNMENTS)
+
+# Regenerate tests/submissions/<a>/<bug>.ipynb from each manifest.json (wrong submissions).
+submissions: setup
+	$(VENV)/bin/python -m grading submissions $(ASSIGNMENTS)
+
+# Autograde a folder laid out as <student>/<assignment>/*.ipynb, write grades.csv and feedback/.
+autograde: setup
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make autograde SUBMISSIONS=<dir>"; exit 2; }
+	$(VENV)/bin/python -m grading autograde "$(SUBMISSIONS)" 
+
+clean:
+	rm -rf autograded feedback submitted gradebook.db grades.csv test-output

@@ -1,0 +1,1 @@
+"""Instructor tooling: release, wrong submissions, autograding (see ``python -m grading --help``)."""

@@ -1,0 +1,41 @@
+"""nbgrader configuration of the course (read by every nbgrader command run from the repo root).
+
+Layout: solutions/<assignment>/<assignment>.ipynb is the instructor *source*; `make release`
+writes the student version to assignments/<assignment>/. Submissions, autograded notebooks and
+feedback live in submitted/, autograded/ and feedback/ (git-ignored).
+
+Gradebook: sqlite file gradebook.db at the repo root by default. For a shared PostgreSQL server set
+    export NBGRADER_DB_URL=postgresql://user:password@host:5432/dlcv
+(needs `pip install psycopg2-binary` in .venv).
+"""
+import os
+
+c = get_config()  # noqa: F821 - provided by nbgrader
+
+_here = os.path.dirname(os.path.abspath(__file__))
+
+c.CourseDirectory.course_id = "dlcv"
+c.CourseDirectory.root = _here
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "assignments"
+c.CourseDirectory.submitted_directory = "submitted"
+c.CourseDirectory.autograded_directory = "autograded"
+c.CourseDirectory.feedback_directory = "feedback"
+c.CourseDirectory.db_url = os.environ.get("NBGRADER_DB_URL", "sqlite:///" + os.path.join(_here, "gradebook.db"))
+# files that never go to students
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.csv"]
+
+# Every notebook runs on the course's python3 kernel (the .venv's).
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+c.Execute.kernel_name = "python3"
+# Per-cell limit: an endless loop costs its test cell, not the whole submission.
+c.Execute.timeout = int(os.environ.get("NBGRADER_CELL_TIMEOUT", "120"))
+c.Execute.interrupt_on_timeout = True
+
+# Feedback shows which case failed and why, but not the hidden tests' code (nbgrader issue #917).
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import GetGrades  # noqa: E402
+
+from grading.feedback import HideHiddenTests  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
