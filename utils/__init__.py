@@ -19,13 +19,14 @@ __version__ = "1.0.0"
 
 # public name -> submodule that defines it
 _EXPORTS = {
-    "data": ["load_mnist", "load_cifar10", "sample_photos", "ShapesDataset", "detection_collate", "SHAPE_CLASSES"],
+    "data": ["load_mnist", "mnist_loaders", "load_cifar10", "sample_photos", "ShapesDataset", "detection_collate", "SHAPE_CLASSES"],
     "train": ["set_seed", "get_device", "fit", "evaluate", "History", "count_parameters", "count_flops"],
     "plot": ["show_images", "plot_history", "draw_boxes", "plot_layer_stats", "record_layer_stats"],
     "gradcheck": ["rel_error", "numeric_gradient", "gradient_report", "GradientReport"],
     "testing": ["assert_close", "forbid", "ForbiddenFunctionError", "warnings_to_stdout"],
     "convmath": ["conv_output_size", "conv_cost", "ConvCost"],
     "widgets": ["interactive_or_static", "under_test"],
+    "models": ["mlp", "SmallCNN"],
 }
 _LOOKUP = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_LOOKUP) + sorted(_EXPORTS)

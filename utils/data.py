@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["load_mnist", "load_cifar10", "sample_photos", "ShapesDataset", "detection_collate", "SHAPE_CLASSES"]
+__all__ = ["load_mnist", "mnist_loaders", "load_cifar10", "sample_photos", "ShapesDataset", "detection_collate", "SHAPE_CLASSES"]
 
 #: Class names of :class:`ShapesDataset`; index 0 is the background of the semantic mask.
 SHAPE_CLASSES: Tuple[str, ...] = ("background", "circle", "square", "triangle")
@@ -46,6 +46,28 @@ def load_mnist(split: str = "train") -> Tuple[Tensor, Tensor]:
     images = torch.as_tensor(np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
     labels = torch.as_tensor(np.asarray(y, dtype=np.int64))
     return images.contiguous(), labels
+
+
+def mnist_loaders(batch_size: int = 128, train_size: Optional[int] = None, seed: int = 0,
+                  ) -> Tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    """DataLoaders over :func:`load_mnist`: shuffled training batches (seeded) and fixed test batches.
+
+    Args:
+        batch_size: images per batch.
+        train_size: keep only the first ``train_size`` training digits (the split is stratified and
+            shuffled, so any prefix is roughly balanced) - handy for over-fitting experiments.
+        seed: seeds the shuffling, so two calls give the same batches.
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x_train, y_train = load_mnist("train")
+    if train_size is not None:
+        x_train, y_train = x_train[:train_size], y_train[:train_size]
+    x_test, y_test = load_mnist("test")
+    generator = torch.Generator().manual_seed(seed)
+    train = DataLoader(TensorDataset(x_train, y_train), batch_size=batch_size, shuffle=True, generator=generator)
+    test = DataLoader(TensorDataset(x_test, y_test), batch_size=512)
+    return train, test
 
 
 # --------------------------------------------------------------------------- CIFAR-10 (opt-in, online)
@@ -105,7 +127,7 @@ def sample_photos() -> Dict[str, Tensor]:
     Returns:
         name -> ``Tensor[3, H, W]`` uint8 (the layout ``torchvision.transforms.v2`` expects).
     """
-    return {name: torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous() for name, img in _photos().items()}
+    return {name: torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).contiguous() for name, img in _photos().items()}
 
 
 # --------------------------------------------------------------------------- shapes
