@@ -16,6 +16,8 @@ export PYTHONDONTWRITEBYTECODE := 1
 export MPLBACKEND := Agg
 
 PORT ?= 8888
+# Jupyter refuses to run as root unless told (containers and CI run as root)
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_ARGS ?=
 PYTEST_ARGS ?=
 JOBS ?= 2
@@ -40,11 +42,11 @@ setup:
 
 # Students: the nbgrader formgrader/create-assignment UI is switched off by jupyter/student/.
 lab: setup
-	cd notebooks && JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter/student jupyter lab --ip=127.0.0.1 --port=$(PORT) $(LAB_ARGS)
+	cd notebooks && JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter/student jupyter lab --ip=127.0.0.1 --port=$(PORT) $(ALLOW_ROOT) $(LAB_ARGS)
 
 # Instructors: the same lab with nbgrader's formgrader and create-assignment panels.
 lab-instructor: setup
-	jupyter lab --ip=127.0.0.1 --port=$(PORT) $(LAB_ARGS)
+	jupyter lab --ip=127.0.0.1 --port=$(PORT) $(ALLOW_ROOT) $(LAB_ARGS)
 
 test: setup
 	COURSE_STATIC_WIDGETS=1 $(VENV)/bin/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax \
