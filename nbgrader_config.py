@@ -31,6 +31,9 @@ c.Execute.kernel_name = "python3"
 # Per-cell limit: an endless loop costs its test cell, not the whole submission.
 c.Execute.timeout = int(os.environ.get("NBGRADER_CELL_TIMEOUT", "120"))
 c.Execute.interrupt_on_timeout = True
+# After an interrupt the kernel may need a moment to flush its output; without this slack a slow
+# machine turns one timed-out cell into a failed submission.
+c.Execute.iopub_timeout = 20
 
 # Feedback shows which case failed and why, but not the hidden tests' code (nbgrader issue #917).
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 
 from . import pipeline, submissions
-from .paths import assignment_names, release_notebook
+from .paths import REPO, assignment_names, release_notebook
 
 
 def check(assignment: str, keep: str | None = None) -> int:
@@ -55,7 +55,7 @@ def main() -> int:
         p.add_argument("assignments", nargs="*")
     p = sub.add_parser("autograde")
     p.add_argument("folder")
-    p.add_argument("--jobs", type=int, default=1, help="accepted for the Makefile; grading runs one notebook at a time")
+    p.add_argument("--root", default=str(REPO), help="course folder (default: the repo)")
     p = sub.add_parser("check")
     p.add_argument("assignment")
     p.add_argument("--keep", help="course folder to use (kept afterwards)")
@@ -68,7 +68,7 @@ def main() -> int:
             for path in submissions.write_wrong_submissions(a):
                 print(f"wrote {path}")
     elif args.command == "autograde":
-        pipeline.autograde_folder(Path(args.folder))
+        pipeline.autograde_folder(Path(args.folder), Path(args.root))
     elif args.command == "check":
         return check(args.assignment, args.keep)
     return 0

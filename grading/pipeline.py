@@ -155,13 +155,14 @@ def summary(scores: Mapping[str, Score], assignment: str) -> str:
     return "\n".join(lines)
 
 
-def autograde_folder(submissions: Path) -> None:
-    """``make autograde SUBMISSIONS=<dir>``: grade ``<dir>/<student>/<assignment>/*.ipynb`` in the repo's course.
+def autograde_folder(submissions: Path, root: Path = REPO) -> Dict[str, Dict[str, Score]]:
+    """``make autograde SUBMISSIONS=<dir>``: grade ``<dir>/<student>/<assignment>/*.ipynb``.
 
-    Writes autograded/, feedback/ and grades.csv at the repo root and prints :func:`summary` per assignment.
-    Re-grading uses ``--force``; earlier grades of other students stay in the gradebook.
+    Runs in the course at ``root`` (the repo by default; its gradebook.db, autograded/, feedback/ and
+    grades.csv) and prints :func:`summary` per assignment. Re-grading uses ``--force``; grades of other
+    students and assignments stay in the gradebook.
     """
-    submissions = Path(submissions).resolve()
+    submissions, root = Path(submissions).resolve(), Path(root).resolve()
     if not submissions.is_dir():
         raise SystemExit(f"no such folder: {submissions}")
     assignments = sorted({p.name for p in submissions.glob("*/*") if p.is_dir()})
@@ -169,19 +170,25 @@ def autograde_folder(submissions: Path) -> None:
     unknown = sorted(set(assignments) - known)
     if unknown:
         raise SystemExit(f"not assignments of this course: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    if root == REPO:
+        db_url = os.environ.get("NBGRADER_DB_URL", f"sqlite:///{REPO / 'gradebook.db'}")
+    else:
+        db_url = f"sqlite:///{root / 'gradebook.db'}"
     where = [f"--CourseDirectory.submitted_directory={submissions}"]
-    scratch = REPO / "autograded" / ".release"
+    scratch = root / "autograded" / ".release"
+    results = {}
     for assignment in assignments:
         # records the assignment (cells, checksums, points) in the gradebook without touching assignments/
-        nbgrader(["generate_assignment", assignment, "--force", f"--CourseDirectory.release_directory={scratch}"], cwd=REPO)
+        nbgrader(["generate_assignment", assignment, "--force", f"--CourseDirectory.release_directory={scratch}"], cwd=root)
         n = len(list(submissions.glob(f"*/{assignment}")))
         start = time.perf_counter()
-        nbgrader(["autograde", assignment, "--force", *where], cwd=REPO)
+        nbgrader(["autograde", assignment, "--force", *where], cwd=root)
         seconds = time.perf_counter() - start
-        nbgrader(["generate_feedback", assignment, "--force", *where], cwd=REPO)
-        db = os.environ.get("NBGRADER_DB_URL", f"sqlite:///{REPO / 'gradebook.db'}")
-        print(summary(read_scores(db, assignment, assignment), assignment))
+        nbgrader(["generate_feedback", assignment, "--force", *where], cwd=root)
+        results[assignment] = read_scores(db_url, assignment, assignment)
+        print(summary(results[assignment], assignment))
         print(f"autograded {n} submission(s) in {seconds:.0f} s ({seconds / max(n, 1):.1f} s each)\n")
     shutil.rmtree(scratch, ignore_errors=True)
-    nbgrader(["export", "--to=grades.csv"], cwd=REPO)
-    print(f"scores: {REPO / 'grades.csv'}; feedback: {REPO / 'feedback'}")
+    nbgrader(["export", "--to=grades.csv"], cwd=root)
+    print(f"scores: {root / 'grades.csv'}; feedback: {root / 'feedback'}")
+    return results

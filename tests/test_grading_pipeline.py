@@ -1,0 +1,335 @@
+"""The grading pipeline separates right from wrong, for every assignment in solutions/.
+
+One session fixture runs the real nbgrader (generate_assignment, autograde, generate_feedback) in a
+scratch course per assignment, in parallel, on: the solution submitted as a student's, the blank
+release, every wrong submission of tests/submissions/<a>/manifest.json, and a set of faults (edited
+or deleted test cells, a stray utils.py, a torch warning, an endless loop). The tests then read the
+scores from the gradebook with nbgrader's API.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import html
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict
+
+import nbformat
+import pytest
+
+from grading import pipeline, submissions
+from grading.paths import REPO, assignment_names
+
+pytestmark = pytest.mark.slow
+
+# GRADING_ONLY=a,b restricts the run while developing one assignment; CI grades all of them.
+ASSIGNMENTS = [a for a in assignment_names() if a in os.environ.get("GRADING_ONLY", a).split(",")]
+BUGS = [(a, bug) for a in ASSIGNMENTS for bug in submissions.load_manifest(a)]
+LOOP_TIMEOUT = 30  # seconds per cell in the endless-loop course (the setup cell imports torch within it)
+JOBS = int(os.environ.get("GRADING_JOBS", "2"))
+OUTPUT = REPO / "test-output"
+
+
+# ----------------------------------------------------------------------------- fault submissions
+def _meta(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def top_level_functions(nb) -> list:
+    """(cell index, name) of every top-level function the solution cells define, in order."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        if _meta(cell).get("solution") and cell.cell_type == "code":
+            found += [(i, node.name) for node in ast.parse(cell.source).body if isinstance(node, ast.FunctionDef)]
+    assert found, "no solution cell defines a top-level function"
+    return found
+
+
+def first_function(nb) -> tuple:
+    return top_level_functions(nb)[0]
+
+
+def with_endless_loop(nb):
+    """The student's last function never returns (a classic `while` bug); the last one, because fewer
+    tests build on it, so the run shows that the *other* tests still grade."""
+    nb = copy.deepcopy(nb)
+    i, name = top_level_functions(nb)[-1]
+    nb.cells[i].source += f"\n\n\ndef {name}(*args, **kwargs):\n    while True:\n        pass\n"
+    return nb
+
+
+def with_torch_warning(nb):
+    """Correct code that makes torch print a UserWarning each time the first function runs."""
+    nb = copy.deepcopy(nb)
+    i, name = first_function(nb)
+    nb.cells[i].source += (
+        f"\n\n\n_correct_{name} = {name}\n\n\ndef {name}(*args, **kwargs):\n"
+        "    import torch\n"
+        "    torch.tensor(torch.zeros(1))  # torch warns: copy-constructing from a tensor\n"
+        f"    return _correct_{name}(*args, **kwargs)\n")
+    return nb
+
+
+def with_tests_edited(nb):
+    """A student who replaces every test cell with `pass` (on a buggy submission)."""
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if _meta(cell).get("grade"):
+            cell.source = "pass  # the tests were in the way"
+    return nb
+
+
+def with_test_deleted(nb):
+    """A student who deletes the first test cell."""
+    nb = copy.deepcopy(nb)
+    first = next(i for i, c in enumerate(nb.cells) if _meta(c).get("grade"))
+    del nb.cells[first]
+    return nb
+
+
+STRAY_UTILS = "raise ImportError('a student utils.py shadowed the course utils package')\n"
+
+
+@dataclass
+class Graded:
+    scores: Dict[str, pipeline.Score]
+    rescores: Dict[str, pipeline.Score]
+    loop: pipeline.Score
+    course: pipeline.Course
+    loop_course: pipeline.Course
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+    def autograded(self, student: str, assignment: str, course=None) -> nbformat.NotebookNode:
+        course = course or self.course
+        return nbformat.read(course.root / "autograded" / student / assignment / f"{assignment}.ipynb", as_version=4)
+
+
+def _grade(assignment: str, root: Path) -> Graded:
+    course = pipeline.Course(root / "course")
+    release = course.generate(assignment)
+    solution = submissions.student_notebook(assignment)
+    wrong = submissions.wrong_submissions(assignment)
+    course.submit("solution", assignment, solution)
+    course.submit("blank", assignment, nbformat.read(release / f"{assignment}.ipynb", as_version=4))
+    for bug, nb in wrong.items():
+        course.submit(f"bug_{bug}", assignment, nb)
+    first_bug = next(iter(wrong.values()), solution)
+    course.submit("edited_tests", assignment, with_tests_edited(first_bug))
+    course.submit("deleted_test", assignment, with_test_deleted(solution))
+    course.submit("stray_utils", assignment, solution, extra_files={"utils.py": STRAY_UTILS})
+    course.submit("torch_warning", assignment, with_torch_warning(solution))
+    n = 6 + len(wrong)
+    seconds = course.autograde(assignment)
+    scores = course.scores(assignment)
+    again = course.autograde(assignment, student="solution")
+    rescores = course.scores(assignment)
+    course.feedback(assignment)
+
+    loop_course = pipeline.Course(root / "loop", cell_timeout=LOOP_TIMEOUT)
+    loop_course.generate(assignment)
+    loop_course.submit("endless_loop", assignment, with_endless_loop(solution))
+    loop_seconds = loop_course.autograde(assignment)
+    loop = loop_course.scores(assignment)["endless_loop"]
+    return Graded(scores, rescores, loop, course, loop_course,
+                  {"per_submission": seconds / n, "submissions": n, "regrade_one": again, "endless_loop": loop_seconds})
+
+
+@pytest.fixture(scope="session")
+def graded(tmp_path_factory) -> Dict[str, Graded]:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=JOBS) as pool:
+        futures = {a: pool.submit(_grade, a, tmp_path_factory.mktemp(a)) for a in ASSIGNMENTS}
+        results = {a: f.result() for a, f in futures.items()}
+    OUTPUT.mkdir(exist_ok=True)
+    timings = {a: g.seconds for a, g in results.items()}
+    timings["_total_wall_seconds"] = time.perf_counter() - start
+    (OUTPUT / "grading_times.json").write_text(json.dumps(timings, indent=2))
+    return results
+
+
+def _describe(score: pipeline.Score) -> str:
+    return f"{score.total:g}/{score.max_total:g}, failed cells {score.failed()}"
+
+
+# ----------------------------------------------------------------------------- 1-3: right vs wrong
+def test_every_assignment_is_graded():
+    assert len(ASSIGNMENTS) >= 1, "solutions/ holds no assignment"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_solution_gets_full_marks(graded, assignment):
+    score = graded[assignment].scores["solution"]
+    assert score.max_total == 100, f"points must add up to 100, got {score.max_total}"
+    assert score.total == score.max_total and not score.needs_manual_grade, _describe(score)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_blank_release_scores_zero_and_every_cell_runs(graded, assignment):
+    score = graded[assignment].scores["blank"]
+    assert score.total == 0, f"the untouched release earns points: {_describe(score)}"
+    nb = graded[assignment].autograded("blank", assignment)
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert all(c.get("execution_count") for c in code), "some cells of the blank release never ran"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert errors and all(o.ename != "CellTimeoutError" for o in errors)
+    assert any(o.ename == "NotImplementedError" for o in errors)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_each_assignment_ships_enough_wrong_submissions(assignment):
+    manifest = submissions.load_manifest(assignment)
+    assert len(manifest) >= 4, f"{assignment}: only {len(manifest)} wrong submissions in its manifest"
+    for bug, spec in manifest.items():
+        assert spec.get("description") and spec.get("must_fail"), f"{assignment}/{bug}: describe it and list must_fail"
+
+
+@pytest.mark.parametrize("assignment,bug", BUGS)
+def test_wrong_submission_loses_points(graded, assignment, bug):
+    spec = submissions.load_manifest(assignment)[bug]
+    score = graded[assignment].scores[f"bug_{bug}"]
+    full = graded[assignment].scores["solution"].total
+    assert score.total < full, f"{bug} ({spec['description']}) is not penalised: {_describe(score)}"
+    missed = sorted(set(spec["must_fail"]) - set(score.failed()))
+    assert not missed, f"{bug}: these test cells should fail but passed: {missed}; {_describe(score)}"
+
+
+# ----------------------------------------------------------------------------- 4: faults
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_edited_test_cells_are_restored(graded, assignment):
+    g = graded[assignment]
+    edited = g.scores["edited_tests"]
+    manifest = submissions.load_manifest(assignment)
+    assert edited.total < edited.max_total, f"emptied tests earned full marks: {_describe(edited)}"
+    if manifest:
+        first = f"bug_{next(iter(manifest))}"
+        assert edited.cells == g.scores[first].cells, "the original tests must run, as for the unedited buggy notebook"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_deleted_test_cell_never_gets_full_marks(graded, assignment):
+    deleted = graded[assignment].scores["deleted_test"]
+    assert deleted.total < deleted.max_total or deleted.needs_manual_grade, _describe(deleted)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_stray_utils_py_does_not_shadow_the_course_utils(graded, assignment):
+    score = graded[assignment].scores["stray_utils"]
+    assert score.total == score.max_total, _describe(score)
+    nb = graded[assignment].autograded("stray_utils", assignment)
+    assert "shadowed" not in json.dumps(nb), "the stray utils.py was imported"
+
+
+def test_nbgrader_zeroes_a_test_cell_that_writes_to_stderr():
+    """The trap the course fixes: nbgrader scores a passing cell with stderr output as failed."""
+    from nbformat.v4 import new_code_cell, new_output
+    from nbgrader.utils import determine_grade
+
+    cell = new_code_cell("f(x)", metadata={"nbgrader": {"grade": True, "grade_id": "t", "points": 5,
+                                                        "solution": False, "locked": True}})
+    cell.outputs = [new_output("stream", name="stderr", text="UserWarning: harmless\n")]
+    assert determine_grade(cell)[0] == 0
+    cell.outputs = [new_output("stream", name="stdout", text="UserWarning: harmless\n")]
+    assert determine_grade(cell)[0] == 5
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_correct_code_with_a_torch_warning_keeps_full_marks(graded, assignment):
+    score = graded[assignment].scores["torch_warning"]
+    assert score.total == score.max_total, _describe(score)
+    nb = graded[assignment].autograded("torch_warning", assignment)
+    graded_cells = [c for c in nb.cells if _meta(c).get("grade")]
+    streams = [o for c in graded_cells for o in c.outputs if o.output_type == "stream"]
+    assert any("copy construct" in o.text for o in streams if o.name == "stdout"), \
+        "the warning should have been printed (to stdout) inside a test cell"
+    assert not any(o.name == "stderr" for o in streams)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_endless_loop_costs_only_its_tests(graded, assignment):
+    g = graded[assignment]
+    loop = g.loop
+    assert 0 < loop.total < loop.max_total, f"endless loop: {_describe(loop)}"
+    nb = g.autograded("endless_loop", assignment, g.loop_course)
+    timed_out = [c for c in nb.cells if any(o.output_type == "error" and o.ename in ("CellTimeoutError", "KeyboardInterrupt")
+                                            for o in c.get("outputs", []))]
+    assert timed_out, "no cell was interrupted by the timeout"
+
+
+# ----------------------------------------------------------------------------- 6: re-grading
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_regrading_gives_the_same_scores_and_keeps_other_grades(graded, assignment):
+    g = graded[assignment]
+    assert set(g.rescores) == set(g.scores), "students disappeared from the gradebook after re-grading"
+    for student, score in g.scores.items():
+        assert g.rescores[student].cells == score.cells, f"{student}: {_describe(score)} -> {_describe(g.rescores[student])}"
+
+
+# ----------------------------------------------------------------------------- feedback
+def _hidden_lines(assignment: str):
+    source = nbformat.read(REPO / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+    for cell in source.cells:
+        inside = False
+        for line in cell.source.split("\n"):
+            if "BEGIN HIDDEN TESTS" in line:
+                inside = True
+            elif "END HIDDEN TESTS" in line:
+                inside = False
+            elif inside and len(line.strip()) > 30:
+                yield line.strip()
+
+
+def _feedback_text(course: pipeline.Course, student: str, assignment: str) -> str:
+    page = (course.root / "feedback" / student / assignment / f"{assignment}.html").read_text()
+    text = html.unescape(re.sub(r"<[^>]+>", "", page))
+    return re.sub(r"\s+", " ", text)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_feedback_explains_failures_without_revealing_hidden_tests(graded, assignment):
+    g = graded[assignment]
+    hidden = [re.sub(r"\s+", " ", line) for line in _hidden_lines(assignment)]
+    assert hidden, f"{assignment} has no hidden tests"
+    for student in g.scores:
+        text = _feedback_text(g.course, student, assignment)
+        leaked = [line for line in hidden if line in text]
+        assert not leaked, f"feedback of {student} shows hidden test code: {leaked[:2]}"
+        assert "BEGIN HIDDEN TESTS" not in text
+    for bug in submissions.load_manifest(assignment):
+        text = _feedback_text(g.course, f"bug_{bug}", assignment)
+        assert re.search(r"(AssertionError|ForbiddenFunctionError): \S", text), f"{bug}: no failure message in the feedback"
+        assert "expected" in text, f"{bug}: the feedback does not say what was expected"
+
+
+# ----------------------------------------------------------------------------- time budget, CLI
+def test_autograding_time_per_submission(graded):
+    for assignment, g in graded.items():
+        print(f"{assignment}: {g.seconds['per_submission']:.1f} s per submission")
+        assert g.seconds["per_submission"] < 60, f"{assignment}: {g.seconds['per_submission']:.0f} s per submission"
+
+
+def test_make_autograde_grades_a_folder_exports_and_summarises(tmp_path):
+    assignment = ASSIGNMENTS[0]
+    folder = tmp_path / "inbox"
+    for student, nb in (("alice", submissions.student_notebook(assignment)),
+                        ("bob", nbformat.read(REPO / "assignments" / assignment / f"{assignment}.ipynb", as_version=4))):
+        (folder / student / assignment).mkdir(parents=True)
+        nbformat.write(nb, folder / student / assignment / f"{assignment}.ipynb")
+    course = pipeline.Course(tmp_path / "course")
+    out = subprocess.run([sys.executable, "-m", "grading", "autograde", str(folder), "--root", str(course.root)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"alice\s+100 / 100", out.stdout) and re.search(r"bob\s+0 / 100", out.stdout), out.stdout
+    assert "failed by" in out.stdout
+    grades = (course.root / "grades.csv").read_text()
+    assert "alice" in grades and "bob" in grades
+    assert (course.root / "feedback" / "alice" / assignment / f"{assignment}.html").exists()
+    dry = subprocess.run(["make", "-n", "autograde", f"SUBMISSIONS={folder}"], cwd=REPO, capture_output=True, text=True)
+    assert f"-m grading autograde \"{folder}\"" in dry.stdout

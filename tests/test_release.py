@@ -1,0 +1,96 @@
+"""Release hygiene: assignments/ is exactly what nbgrader generates from solutions/, and gives nothing away."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from grading import pipeline, submissions
+from grading.paths import ASSIGNMENTS, REPO, SOLUTIONS, assignment_names, release_notebook, solution_notebook
+
+NAMES = assignment_names()
+
+
+def _meta(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    """A fresh `nbgrader generate_assignment` of every assignment, in a scratch course."""
+    course = pipeline.Course(tmp_path_factory.mktemp("release"))
+    return {name: course.generate(name) for name in NAMES}
+
+
+def test_every_assignment_folder_is_released():
+    released = sorted(p.name for p in ASSIGNMENTS.iterdir() if p.is_dir()) if ASSIGNMENTS.exists() else []
+    assert released == NAMES, f"assignments/ has {released}, solutions/ has {NAMES}: run `make release`"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_release_equals_a_fresh_generation(fresh, name):
+    committed = nbformat.read(release_notebook(name), as_version=4)
+    generated = nbformat.read(fresh[name] / f"{name}.ipynb", as_version=4)
+    assert len(committed.cells) == len(generated.cells), f"{name}: run `make release`"
+    for i, (a, b) in enumerate(zip(committed.cells, generated.cells)):
+        assert a.source == b.source, f"{name}: cell {i} differs from a fresh generation; run `make release`"
+        assert _meta(a) == _meta(b), f"{name}: nbgrader metadata of cell {i} differs; run `make release`"
+    committed_files = sorted(p.name for p in (ASSIGNMENTS / name).iterdir())
+    generated_files = sorted(p.name for p in fresh[name].iterdir())
+    assert committed_files == generated_files
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_release_holds_no_solution_and_no_hidden_test(name):
+    text = release_notebook(name).read_text()
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
+        assert marker not in text, f"{name}: {marker!r} in the release"
+    release = nbformat.read(release_notebook(name), as_version=4)
+    source = nbformat.read(solution_notebook(name), as_version=4)
+    stubs = [c for c in release.cells if _meta(c).get("solution")]
+    assert stubs, f"{name}: no solution cells"
+    for cell in stubs:
+        assert "raise NotImplementedError" in cell.source, f"{name}: {_meta(cell)['grade_id']} is not a stub"
+    release_text = "\n".join(c.source for c in release.cells)
+    for cell in source.cells:
+        inside = None
+        for line in cell.source.split("\n"):
+            if "BEGIN SOLUTION" in line or "BEGIN HIDDEN TESTS" in line:
+                inside = True
+            elif "END SOLUTION" in line or "END HIDDEN TESTS" in line:
+                inside = False
+            elif inside and len(line.strip()) > 25 and not line.strip().startswith("#"):
+                assert line not in release_text, f"{name}: solution/hidden line leaked into the release: {line.strip()!r}"
+    for cell in release.cells:
+        assert not cell.get("outputs"), f"{name}: the release carries outputs"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_solution_source_is_committed_without_outputs(name):
+    nb = nbformat.read(solution_notebook(name), as_version=4)
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{name}: clear outputs"
+    kinds = {("test" if _meta(c).get("grade") else "solution" if _meta(c).get("solution") else "other") for c in nb.cells}
+    assert {"test", "solution"} <= kinds
+    assert sum(_meta(c).get("points", 0) for c in nb.cells if _meta(c).get("grade")) == 100
+    manual = [_meta(c)["grade_id"] for c in nb.cells if _meta(c).get("grade") and _meta(c).get("solution")]
+    assert not manual, f"{name}: manually graded cells {manual} would keep the solution below full marks"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_wrong_submissions_match_their_manifest(name):
+    folder = REPO / "tests" / "submissions" / name
+    built = submissions.wrong_submissions(name)
+    committed = sorted(p.stem for p in folder.glob("*.ipynb"))
+    assert committed == sorted(built), f"{name}: run `make submissions`"
+    for bug, nb in built.items():
+        on_disk = nbformat.read(folder / f"{bug}.ipynb", as_version=4)
+        assert [c.source for c in on_disk.cells] == [c.source for c in nb.cells], f"{name}/{bug}: run `make submissions`"
+
+
+def test_notebooks_are_committed_without_outputs():
+    for path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+        assert not dirty, f"{path.name}: cells {dirty[:5]} carry outputs; clear them before committing"
