@@ -1,0 +1,113 @@
+"""Detection evaluation shared by the chapters: the official COCO mAP through ``pycocotools``.
+
+The same bridge is used (as a locked cell) by the ``mean_average_precision`` assignment; chapters import it
+from here::
+
+    >>> from utils.detection import coco_evaluate
+    >>> result = coco_evaluate(preds, targets)     # doctest: +SKIP
+    >>> result["map"], result["map_50"], result["map_75"]   # doctest: +SKIP
+
+Data format (torchvision's / torchmetrics'): ``preds`` is a list with one dict per image,
+``{"boxes": Tensor[N, 4] (x1, y1, x2, y2), "scores": Tensor[N], "labels": Tensor[N] int64}``; ``targets`` is a
+list of the same length, ``{"boxes": Tensor[M, 4], "labels": Tensor[M] int64}`` (other keys are ignored).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from torch import Tensor
+
+__all__ = ["coco_evaluate", "COCO_STAT_NAMES"]
+
+#: the twelve numbers of ``COCOeval.summarize()`` for boxes, in order
+COCO_STAT_NAMES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
+                   "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
+
+
+def _coco_objects(preds: List[Dict[str, Tensor]], targets: List[Dict[str, Tensor]]) -> Tuple[Any, Any]:
+    """COCO ground truth and results built in memory (no files): boxes xyxy -> COCO's ``[x, y, w, h]``,
+    image and annotation ids from 1 (pycocotools uses 0 for "unmatched"). Results are ``None`` when there
+    is no detection at all (``loadRes`` cannot take an empty list)."""
+    from pycocotools.coco import COCO
+
+    images, annotations, detections, categories = [], [], [], set()
+    for image_id, (pred, target) in enumerate(zip(preds, targets), start=1):
+        images.append({"id": image_id})
+        for (x1, y1, x2, y2), label in zip(target["boxes"].tolist(), target["labels"].tolist()):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label),
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            categories.add(int(label))
+        for (x1, y1, x2, y2), score, label in zip(pred["boxes"].tolist(), pred["scores"].tolist(),
+                                                  pred["labels"].tolist()):
+            detections.append({"image_id": image_id, "category_id": int(label),
+                               "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+            categories.add(int(label))
+    with contextlib.redirect_stdout(io.StringIO()):   # pycocotools prints progress messages
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": annotations,
+                      "categories": [{"id": c} for c in sorted(categories)]}
+        gt.createIndex()
+        dt = gt.loadRes(detections) if detections else None
+    return gt, dt
+
+
+def _mean_ap(precision: np.ndarray) -> float:
+    """pycocotools' summary of a precision array: mean over the valid (> -1) entries, -1 if none."""
+    valid = precision[precision > -1]
+    return float(valid.mean()) if valid.size else -1.0
+
+
+def coco_evaluate(preds: List[Dict[str, Tensor]], targets: List[Dict[str, Tensor]],
+                  iou_thresholds: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+    """The official COCO box evaluation (``pycocotools.cocoeval.COCOeval``) of a detector's output.
+
+    Args:
+        preds: one dict per image, ``{"boxes": Tensor[N, 4] xyxy, "scores": Tensor[N], "labels": Tensor[N]}``.
+        targets: one dict per image, ``{"boxes": Tensor[M, 4] xyxy, "labels": Tensor[M]}``, same length.
+        iou_thresholds: the IoU thresholds averaged in ``"map"``; default COCO's ten, 0.50:0.05:0.95.
+            ``"map_50"`` and ``"map_75"`` are always AP at IoU 0.5 and 0.75 whatever this is.
+
+    Returns:
+        ``{"map", "map_50", "map_75"}`` (Python floats: mean AP over the classes that have ground truth, at
+        area "all" and at most 100 detections per image), ``"ap_per_class"`` ``{label: AP over
+        iou_thresholds}``, and ``"stats"`` ``{name: value}`` with all twelve numbers of
+        ``COCOeval.summarize()`` (see :data:`COCO_STAT_NAMES`; these use COCO's default thresholds unless
+        ``iou_thresholds`` is given, in which case they cover the evaluated thresholds). With no detection
+        at all every AP is 0 (or -1 when there is no ground truth either, pycocotools' "undefined").
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    if len(preds) != len(targets):
+        raise ValueError(f"{len(preds)} predictions for {len(targets)} images")
+    gt, dt = _coco_objects(preds, targets)
+    gt_classes = sorted({int(c) for t in targets for c in t["labels"].tolist()})
+    if dt is None:   # no detections anywhere: every class with ground truth has recall 0, hence AP 0
+        value = 0.0 if gt_classes else -1.0
+        stats = {name: value for name in COCO_STAT_NAMES}
+        return {"map": value, "map_50": value, "map_75": value,
+                "ap_per_class": {c: 0.0 for c in gt_classes}, "stats": stats}
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval = COCOeval(gt, dt, "bbox")
+        wanted = coco_eval.params.iouThrs if iou_thresholds is None else np.asarray(iou_thresholds, dtype=np.float64)
+        # always evaluate 0.5 and 0.75 too, so that map_50 and map_75 exist
+        extra = [t for t in (0.5, 0.75) if not np.isclose(wanted, t).any()]
+        coco_eval.params.iouThrs = np.sort(np.concatenate([wanted, extra]))
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    thresholds = coco_eval.params.iouThrs
+    chosen = np.array([np.isclose(wanted, t).any() for t in thresholds])
+    at = lambda value: np.flatnonzero(np.isclose(thresholds, value))[:1]
+    precision = coco_eval.eval["precision"][:, :, :, 0, -1]   # [T, R, K]: area "all", maxDets 100
+    ap_per_class = {}
+    for k, c in enumerate(coco_eval.params.catIds):
+        value = _mean_ap(precision[chosen][:, :, k])
+        if value > -1:
+            ap_per_class[int(c)] = value
+    return {"map": _mean_ap(precision[chosen]), "map_50": _mean_ap(precision[at(0.5)]),
+            "map_75": _mean_ap(precision[at(0.75)]), "ap_per_class": ap_per_class,
+            "stats": {name: float(v) for name, v in zip(COCO_STAT_NAMES, coco_eval.stats)}}
