@@ -13,7 +13,6 @@ REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -d' ' 
 # nbgrader calls alembic by name, notebooks call jupyter: the venv comes first on PATH
 export PATH := $(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
-export MPLBACKEND := Agg
 
 PORT ?= 8888
 # Jupyter refuses to run as root unless told (containers and CI run as root)

@@ -265,6 +265,28 @@ def test_forbid_restores_even_when_the_block_raises():
     assert torchvision.ops.nms is original
 
 
+def test_forbid_a_class_and_its_method_in_any_order():
+    class Tool:
+        def run(self):
+            return "ran"
+
+    import types
+    module = types.ModuleType("course_fake_tool")
+    module.Tool = Tool
+    import sys
+    sys.modules["course_fake_tool"] = module
+    try:
+        with testing.forbid("course_fake_tool.Tool", "course_fake_tool.Tool.run"):
+            with pytest.raises(testing.ForbiddenFunctionError):
+                module.Tool()
+        with testing.forbid("course_fake_tool.Tool.run"):
+            with pytest.raises(testing.ForbiddenFunctionError):
+                Tool().run()
+        assert module.Tool is Tool and Tool().run() == "ran"
+    finally:
+        del sys.modules["course_fake_tool"]
+
+
 def test_warnings_to_stdout(capfd):
     saved = warnings.showwarning
     try:

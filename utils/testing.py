@@ -127,10 +127,12 @@ def forbid(*paths: str) -> Iterator[None]:
                 f"{label} is not allowed in this exercise: the point is to implement it yourself.")
         return _blocked
 
+    # resolve everything before patching anything, so the order of the paths does not matter
+    # (e.g. "pkg.Class.method" listed after "pkg.Class")
+    targets = [(path, *_resolve(path)) for path in paths]
+    targets = [(path, owner, attr, getattr(owner, attr)) for path, owner, attr in targets]
     try:
-        for path in paths:
-            owner, attr = _resolve(path)
-            original = getattr(owner, attr)
+        for path, owner, attr, original in targets:
             homes = [owner] + [sys.modules[m] for m in _ALIAS_HOMES if m in sys.modules]
             for home in homes:
                 for name in dir(home):

@@ -42,7 +42,8 @@ def _free_port() -> int:
 def lab():
     """`make lab` (the students' command) on a free port, rooted at the repo so assignments/ is reachable."""
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("COURSE_STATIC_WIDGETS", "NBGRADER_EXECUTION")}
+    # a student's environment: live widgets, the inline matplotlib backend
+    env = {k: v for k, v in os.environ.items() if k not in ("COURSE_STATIC_WIDGETS", "NBGRADER_EXECUTION", "MPLBACKEND")}
     args = f"--no-browser --IdentityProvider.token={TOKEN} --ServerApp.root_dir={REPO} --LabApp.news_url=None"
     proc = subprocess.Popen(["make", "lab", f"PORT={port}", f"LAB_ARGS={args}"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
