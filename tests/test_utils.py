@@ -240,6 +240,12 @@ def test_assert_close_explains_the_failure():
         testing.assert_close("pair", (expected, got), (expected, expected))
     with pytest.raises(AssertionError, match="elements are off"):
         testing.assert_close("nan", torch.tensor([float("nan")]), torch.tensor([1.0]))
+    with pytest.raises(AssertionError, match=r"expected 0, got 0.5 \(absolute error 5.00e-01\)"):
+        testing.assert_close("zero", torch.tensor([0.5]), torch.tensor([0.0]))
+    cropped = torch.zeros(4, 4, dtype=torch.float64)[1:3, 1:3]  # not contiguous
+    with pytest.raises(AssertionError, match="elements are off"):
+        testing.assert_close("cropped", cropped + 1, cropped)
+    assert utils.gradient_report(cropped + 1, cropped.clone()).index == (0, 0)
     testing.assert_close("ok", expected + 1e-12, expected)
     testing.assert_close("ok", (expected, 1.0), (expected, 1.0))
 

@@ -39,6 +39,8 @@ def numeric_gradient(f: Callable[[Tensor], Tensor], x: Tensor, dout: Tensor, h: 
         ``Tensor`` of ``x``'s shape: ``(f(x + h e_i) - f(x - h e_i)) . dout / 2h`` for every element i.
     """
     grad = torch.zeros_like(x)
+    if not x.is_contiguous():
+        raise ValueError("numeric_gradient perturbs x in place through a flat view: pass a contiguous tensor")
     flat_x, flat_grad = x.view(-1), grad.view(-1)
     with torch.no_grad():
         for i in range(flat_x.numel()):
@@ -77,4 +79,4 @@ def gradient_report(analytic: Tensor, numeric: Tensor, name: str = "grad", eps: 
     err = (a - n).abs() / (a.abs() + n.abs()).clamp_min(eps)
     flat = int(err.argmax())
     index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a.shape))
-    return GradientReport(name, float(err.view(-1)[flat]), index, float(a.view(-1)[flat]), float(n.view(-1)[flat]))
+    return GradientReport(name, float(err.reshape(-1)[flat]), index, float(a.reshape(-1)[flat]), float(n.reshape(-1)[flat]))

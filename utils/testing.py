@@ -78,11 +78,12 @@ def assert_close(name: str, got: Any, expected: Any, rtol: float = 1e-7, atol: f
         score = torch.where(bad, diff.nan_to_num(posinf=1e300) + finite_mismatch.double() * 1e300, torch.zeros_like(diff))
         flat = int(score.argmax())
         index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), e.shape)) if e.ndim else ()
-        rel = float(diff.view(-1)[flat] / max(float(e.abs().view(-1)[flat]), 1e-300))
+        worst_diff, worst_expected = float(diff.reshape(-1)[flat]), float(e.abs().reshape(-1)[flat])
+        error = f"relative error {worst_diff / worst_expected:.2e}" if worst_expected > 0 else f"absolute error {worst_diff:.2e}"
         raise AssertionError(
             f"{name}: {int(bad.sum())} of {e.numel()} elements are off (rtol={rtol:g}, atol={atol:g}); "
-            f"worst at index {index}: expected {e.view(-1)[flat].item():.10g}, got {g.view(-1)[flat].item():.10g} "
-            f"(relative error {rel:.2e})")
+            f"worst at index {index}: expected {e.reshape(-1)[flat].item():.10g}, got {g.reshape(-1)[flat].item():.10g} "
+            f"({error})")
 
 
 class ForbiddenFunctionError(RuntimeError):

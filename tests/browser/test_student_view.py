@@ -39,12 +39,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def lab():
-    """`make lab` (the students' command) on a free port, rooted at the repo so assignments/ is reachable."""
+def lab(tmp_path_factory):
+    """`make lab` (the students' command) on a free port, serving a copy of notebooks/ and assignments/
+    (JupyterLab autosaves what it runs; the repo's notebooks must stay clean)."""
+    root = tmp_path_factory.mktemp("student")
+    shutil.copytree(REPO / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copytree(REPO / "assignments", root / "assignments", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     port = _free_port()
     # a student's environment: live widgets, the inline matplotlib backend
     env = {k: v for k, v in os.environ.items() if k not in ("COURSE_STATIC_WIDGETS", "NBGRADER_EXECUTION", "MPLBACKEND")}
-    args = f"--no-browser --IdentityProvider.token={TOKEN} --ServerApp.root_dir={REPO} --LabApp.news_url=None"
+    args = f"--no-browser --IdentityProvider.token={TOKEN} --ServerApp.root_dir={root} --LabApp.news_url=None"
     proc = subprocess.Popen(["make", "lab", f"PORT={port}", f"LAB_ARGS={args}"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -150,11 +154,13 @@ def test_assignment_release_shows_stubs_and_locks_tests(browser, lab):
     page = _open(browser, lab, f"assignments/{ASSIGNMENT}/{ASSIGNMENT}.ipynb")
     page.screenshot(path=str(SHOTS / f"{ASSIGNMENT}_release.png"), full_page=True)
     cells = page.locator(".jp-CodeCell")
-    texts = [cells.nth(i).locator(".cm-content").inner_text() for i in range(cells.count())]
+    texts = [cells.nth(i).locator(".cm-content").text_content() for i in range(cells.count())]
     assert any("raise NotImplementedError()" in t for t in texts), "no solution stub visible"
     assert not any("BEGIN SOLUTION" in t or "HIDDEN TESTS" in t for t in texts)
 
-    locked = next(i for i, t in enumerate(texts) if "assert_close(" in t)
+    locked = next((i for i, t in enumerate(texts) if "assert_close(" in t), None)
+    assert locked is not None, "no visible test cell found"
+    cells.nth(locked).scroll_into_view_if_needed()
     editor = cells.nth(locked).locator(".cm-content")
     assert editor.get_attribute("contenteditable") == "false", "a locked test cell is editable"
     before = editor.inner_text()
