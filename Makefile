@@ -47,8 +47,10 @@ lab: setup
 lab-instructor: setup
 	jupyter lab --ip=127.0.0.1 --port=$(PORT) $(ALLOW_ROOT) $(LAB_ARGS)
 
+# Two pytest workers (plus two grading threads) share the cores: one BLAS/OpenMP thread each avoids
+# oversubscription, which makes small convolutions ~10x slower.
 test: setup
-	COURSE_STATIC_WIDGETS=1 $(VENV)/bin/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax \
+	COURSE_STATIC_WIDGETS=1 OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax \
 	    --nbval-cell-timeout=600 -p no:cacheprovider tests notebooks solutions $(PYTEST_ARGS)
 
 # unit tests only (seconds)
