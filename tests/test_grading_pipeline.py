@@ -274,10 +274,11 @@ def test_regrading_gives_the_same_scores_and_keeps_other_grades(graded, assignme
 
 # ----------------------------------------------------------------------------- feedback
 def _hidden_lines(assignment: str):
-    """Substantial lines of the hidden tests that the release does not show anyway."""
+    """Substantial lines of the hidden tests that a student does not see anyway (in the release or in
+    the solution code a student writes)."""
     source = nbformat.read(REPO / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
-    release = nbformat.read(REPO / "assignments" / assignment / f"{assignment}.ipynb", as_version=4)
-    visible = {line.strip() for cell in release.cells for line in cell.source.split("\n")}
+    student = submissions.student_notebook(assignment)
+    visible = {line.strip() for cell in student.cells for line in cell.source.split("\n")}
     for cell in source.cells:
         inside = False
         for line in cell.source.split("\n"):

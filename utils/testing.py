@@ -160,6 +160,7 @@ def warnings_to_stdout() -> None:
     shown, just on the other stream. Assignment notebooks call this in their locked setup cell.
     """
     def _show(message, category, filename, lineno, file=None, line=None):  # same signature as warnings.showwarning
-        sys.stdout.write(warnings.formatwarning(message, category, filename, lineno, line))
+        # line="" leaves out the source line, which could quote a hidden test
+        sys.stdout.write(warnings.formatwarning(message, category, filename, lineno, line=""))
 
     warnings.showwarning = _show
