@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import nbformat
 import pytest
@@ -35,6 +35,9 @@ ASSIGNMENTS = [a for a in assignment_names() if a in os.environ.get("GRADING_ONL
 BUGS = [(a, bug) for a in ASSIGNMENTS for bug in submissions.load_manifest(a)]
 LOOP_TIMEOUT = 40  # seconds per cell in the endless-loop course (the setup cell imports torch within it)
 JOBS = int(os.environ.get("GRADING_JOBS", "2"))
+# The endless loop costs LOOP_TIMEOUT per looping cell; the mechanism (nbgrader's per-cell timeout and
+# interrupt) is the same for every assignment, so one assignment proves it and keeps `make test` short.
+LOOP_ASSIGNMENTS = [a for a in ("nms",) if a in ASSIGNMENTS] or ASSIGNMENTS[:1]
 OUTPUT = REPO / "test-output"
 
 
@@ -102,9 +105,9 @@ STRAY_UTILS = "raise ImportError('a student utils.py shadowed the course utils p
 class Graded:
     scores: Dict[str, pipeline.Score]
     rescores: Dict[str, pipeline.Score]
-    loop: pipeline.Score
+    loop: Optional[pipeline.Score]
     course: pipeline.Course
-    loop_course: pipeline.Course
+    loop_course: Optional[pipeline.Course]
     seconds: Dict[str, float] = field(default_factory=dict)
 
     def autograded(self, student: str, assignment: str, course=None) -> nbformat.NotebookNode:
@@ -133,11 +136,13 @@ def _grade(assignment: str, root: Path) -> Graded:
     rescores = course.scores(assignment)
     course.feedback(assignment)
 
-    loop_course = pipeline.Course(root / "loop", cell_timeout=LOOP_TIMEOUT)
-    loop_course.generate(assignment)
-    loop_course.submit("endless_loop", assignment, with_endless_loop(solution))
-    loop_seconds = loop_course.autograde(assignment)
-    loop = loop_course.scores(assignment)["endless_loop"]
+    loop, loop_course, loop_seconds = None, None, 0.0
+    if assignment in LOOP_ASSIGNMENTS:
+        loop_course = pipeline.Course(root / "loop", cell_timeout=LOOP_TIMEOUT)
+        loop_course.generate(assignment)
+        loop_course.submit("endless_loop", assignment, with_endless_loop(solution))
+        loop_seconds = loop_course.autograde(assignment)
+        loop = loop_course.scores(assignment)["endless_loop"]
     return Graded(scores, rescores, loop, course, loop_course,
                   {"per_submission": seconds / n, "submissions": n, "regrade_one": again, "endless_loop": loop_seconds})
 
@@ -252,7 +257,7 @@ def test_correct_code_with_a_torch_warning_keeps_full_marks(graded, assignment):
     assert not any(o.name == "stderr" for o in streams)
 
 
-@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+@pytest.mark.parametrize("assignment", LOOP_ASSIGNMENTS)
 def test_endless_loop_costs_only_its_tests(graded, assignment):
     g = graded[assignment]
     loop = g.loop
@@ -308,7 +313,7 @@ def test_feedback_explains_failures_without_revealing_hidden_tests(graded, assig
         assert "BEGIN HIDDEN TESTS" not in text
     for bug in submissions.load_manifest(assignment):
         text = _feedback_text(g.course, f"bug_{bug}", assignment)
-        assert re.search(r"(AssertionError|ForbiddenFunctionError): \S", text), f"{bug}: no failure message in the feedback"
+        assert re.search(r"\b\w*(Error|Exception): \S", text), f"{bug}: no failure message in the feedback"
         assert "expected" in text, f"{bug}: the feedback does not say what was expected"
 
 
