@@ -40,8 +40,10 @@ setup:
 	fi
 
 # Students: the nbgrader formgrader/create-assignment UI is switched off by jupyter/student/.
+# LAB_DIR=assignments opens the assignment releases instead of the chapters.
+LAB_DIR ?= notebooks
 lab: setup
-	cd notebooks && JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter/student jupyter lab --ip=127.0.0.1 --port=$(PORT) $(ALLOW_ROOT) $(LAB_ARGS)
+	cd $(LAB_DIR) && JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter/student jupyter lab --ip=127.0.0.1 --port=$(PORT) $(ALLOW_ROOT) $(LAB_ARGS)
 
 # Instructors: the same lab with nbgrader's formgrader and create-assignment panels.
 lab-instructor: setup
