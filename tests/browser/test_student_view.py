@@ -114,6 +114,8 @@ def _run_all(page, timeout_s: int) -> None:
         idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
         if done and idle:
             return
+        if idle and started():  # Run All stops at a failing cell: report it instead of waiting
+            _assert_no_error(page, page.url)
         time.sleep(2)
     raise AssertionError(f"the notebook did not finish within {timeout_s} s; prompts: {prompts}")
 
