@@ -32,7 +32,8 @@ SUBMISSIONS = REPO / "tests" / "submissions"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 
 
-def _nbgrader(cell) -> dict:
+def nbgrader_meta(cell) -> dict:
+    """A cell's nbgrader metadata (empty for ordinary cells)."""
     return cell.get("metadata", {}).get("nbgrader", {})
 
 
@@ -44,10 +45,10 @@ def student_notebook(assignment: str) -> nbformat.NotebookNode:
     """The release notebook with every solution cell replaced by the solution's code (a perfect student)."""
     source = nbformat.read(solution_notebook(assignment), as_version=4)
     release = nbformat.read(release_notebook(assignment), as_version=4)
-    solutions = {_nbgrader(c)["grade_id"]: c.source for c in source.cells if _nbgrader(c).get("solution")}
+    solutions = {nbgrader_meta(c)["grade_id"]: c.source for c in source.cells if nbgrader_meta(c).get("solution")}
     nb = copy.deepcopy(release)
     for cell in nb.cells:
-        meta = _nbgrader(cell)
+        meta = nbgrader_meta(cell)
         if meta.get("solution"):
             cell.source = _strip_markers(solutions[meta["grade_id"]])
     return nb
@@ -61,7 +62,7 @@ def load_manifest(assignment: str) -> Dict[str, dict]:
 def apply_bug(nb: nbformat.NotebookNode, bug: str, spec: dict) -> nbformat.NotebookNode:
     """A copy of ``nb`` with the manifest entry ``spec`` applied to its cell ``spec["cell"]``."""
     nb = copy.deepcopy(nb)
-    cells = [c for c in nb.cells if _nbgrader(c).get("grade_id") == spec["cell"]]
+    cells = [c for c in nb.cells if nbgrader_meta(c).get("grade_id") == spec["cell"]]
     if len(cells) != 1:
         raise ValueError(f"{bug}: no single cell with grade_id {spec['cell']!r}")
     cell = cells[0]

@@ -26,6 +26,7 @@ import nbformat
 import pytest
 
 from grading import pipeline, submissions
+from grading.submissions import nbgrader_meta
 from grading.paths import REPO, assignment_names
 
 pytestmark = pytest.mark.slow
@@ -42,15 +43,11 @@ OUTPUT = REPO / "test-output"
 
 
 # ----------------------------------------------------------------------------- fault submissions
-def _meta(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {})
-
-
 def top_level_functions(nb) -> list:
     """(cell index, name) of every top-level function the solution cells define, in order."""
     found = []
     for i, cell in enumerate(nb.cells):
-        if _meta(cell).get("solution") and cell.cell_type == "code":
+        if nbgrader_meta(cell).get("solution") and cell.cell_type == "code":
             found += [(i, node.name) for node in ast.parse(cell.source).body if isinstance(node, ast.FunctionDef)]
     assert found, "no solution cell defines a top-level function"
     return found
@@ -85,7 +82,7 @@ def with_tests_edited(nb):
     """A student who replaces every test cell with `pass` (on a buggy submission)."""
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
-        if _meta(cell).get("grade"):
+        if nbgrader_meta(cell).get("grade"):
             cell.source = "pass  # the tests were in the way"
     return nb
 
@@ -93,7 +90,7 @@ def with_tests_edited(nb):
 def with_test_deleted(nb):
     """A student who deletes the first test cell."""
     nb = copy.deepcopy(nb)
-    first = next(i for i, c in enumerate(nb.cells) if _meta(c).get("grade"))
+    first = next(i for i, c in enumerate(nb.cells) if nbgrader_meta(c).get("grade"))
     del nb.cells[first]
     return nb
 
@@ -250,7 +247,7 @@ def test_correct_code_with_a_torch_warning_keeps_full_marks(graded, assignment):
     score = graded[assignment].scores["torch_warning"]
     assert score.total == score.max_total, _describe(score)
     nb = graded[assignment].autograded("torch_warning", assignment)
-    graded_cells = [c for c in nb.cells if _meta(c).get("grade")]
+    graded_cells = [c for c in nb.cells if nbgrader_meta(c).get("grade")]
     streams = [o for c in graded_cells for o in c.outputs if o.output_type == "stream"]
     assert any("copy construct" in o.text for o in streams if o.name == "stdout"), \
         "the warning should have been printed (to stdout) inside a test cell"

@@ -7,13 +7,10 @@ import nbformat
 import pytest
 
 from grading import pipeline, submissions
+from grading.submissions import nbgrader_meta
 from grading.paths import ASSIGNMENTS, REPO, SOLUTIONS, assignment_names, release_notebook, solution_notebook
 
 NAMES = assignment_names()
-
-
-def _meta(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {})
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +33,7 @@ def test_committed_release_equals_a_fresh_generation(fresh, name):
     assert len(committed.cells) == len(generated.cells), f"{name}: run `make release`"
     for i, (a, b) in enumerate(zip(committed.cells, generated.cells)):
         assert a.source == b.source, f"{name}: cell {i} differs from a fresh generation; run `make release`"
-        assert _meta(a) == _meta(b), f"{name}: nbgrader metadata of cell {i} differs; run `make release`"
+        assert nbgrader_meta(a) == nbgrader_meta(b), f"{name}: nbgrader metadata of cell {i} differs; run `make release`"
     committed_files = sorted(p.name for p in (ASSIGNMENTS / name).iterdir())
     generated_files = sorted(p.name for p in fresh[name].iterdir())
     assert committed_files == generated_files
@@ -49,10 +46,10 @@ def test_release_holds_no_solution_and_no_hidden_test(name):
         assert marker not in text, f"{name}: {marker!r} in the release"
     release = nbformat.read(release_notebook(name), as_version=4)
     source = nbformat.read(solution_notebook(name), as_version=4)
-    stubs = [c for c in release.cells if _meta(c).get("solution")]
+    stubs = [c for c in release.cells if nbgrader_meta(c).get("solution")]
     assert stubs, f"{name}: no solution cells"
     for cell in stubs:
-        assert "raise NotImplementedError" in cell.source, f"{name}: {_meta(cell)['grade_id']} is not a stub"
+        assert "raise NotImplementedError" in cell.source, f"{name}: {nbgrader_meta(cell)['grade_id']} is not a stub"
     release_lines = {line.strip() for c in release.cells for line in c.source.split("\n")}
     secret, public = set(), set()
     for cell in source.cells:
@@ -75,10 +72,10 @@ def test_release_holds_no_solution_and_no_hidden_test(name):
 def test_solution_source_is_committed_without_outputs(name):
     nb = nbformat.read(solution_notebook(name), as_version=4)
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{name}: clear outputs"
-    kinds = {("test" if _meta(c).get("grade") else "solution" if _meta(c).get("solution") else "other") for c in nb.cells}
+    kinds = {("test" if nbgrader_meta(c).get("grade") else "solution" if nbgrader_meta(c).get("solution") else "other") for c in nb.cells}
     assert {"test", "solution"} <= kinds
-    assert sum(_meta(c).get("points", 0) for c in nb.cells if _meta(c).get("grade")) == 100
-    manual = [_meta(c)["grade_id"] for c in nb.cells if _meta(c).get("grade") and _meta(c).get("solution")]
+    assert sum(nbgrader_meta(c).get("points", 0) for c in nb.cells if nbgrader_meta(c).get("grade")) == 100
+    manual = [nbgrader_meta(c)["grade_id"] for c in nb.cells if nbgrader_meta(c).get("grade") and nbgrader_meta(c).get("solution")]
     assert not manual, f"{name}: manually graded cells {manual} would keep the solution below full marks"
 
 
