@@ -23,6 +23,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHAPTER = "01_initialization.ipynb"  # the chapter notebook run through the UI
 ASSIGNMENT = "nms"  # the student release opened in the browser
 TOKEN = "browser-test-token"
+LAB_LOG = SHOTS / "jupyterlab.log"
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -30,6 +31,10 @@ if CHROMIUM is None:
     pytest.skip("NOTICE: no chromium on this machine (apt-get install chromium); browser test skipped",
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="NOTICE: playwright not installed; browser test skipped")
+
+
+def _log_tail(n: int = 4000) -> str:
+    return LAB_LOG.read_text(errors="replace")[-n:] if LAB_LOG.exists() else "(no server log)"
 
 
 def _free_port() -> int:
@@ -49,8 +54,11 @@ def lab(tmp_path_factory):
     # a student's environment: live widgets, the inline matplotlib backend
     env = {k: v for k, v in os.environ.items() if k not in ("COURSE_STATIC_WIDGETS", "NBGRADER_EXECUTION", "MPLBACKEND")}
     args = f"--no-browser --IdentityProvider.token={TOKEN} --ServerApp.root_dir={root} --LabApp.news_url=None"
+    # the server's log goes to a file: an unread pipe fills up and then blocks the server mid-request
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    log = open(LAB_LOG, "wb")
     proc = subprocess.Popen(["make", "lab", f"PORT={port}", f"LAB_ARGS={args}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while True:
@@ -59,7 +67,7 @@ def lab(tmp_path_factory):
             break
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("JupyterLab did not start:\n" + proc.stdout.read().decode(errors="replace"))
+                raise RuntimeError("JupyterLab did not start:\n" + _log_tail())
             time.sleep(1)
     yield base
     try:
@@ -67,6 +75,7 @@ def lab(tmp_path_factory):
         proc.wait(timeout=30)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
+    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +94,39 @@ def _open(browser, lab: str, path: str):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{lab}/lab/tree/{path}?token={TOKEN}&reset", wait_until="domcontentloaded")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    try:
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    except sync_api.TimeoutError:
+        _dismiss_dialogs(page)
+        raise AssertionError(f"{path}: the kernel never became idle" + _context()) from None
+    _dismiss_dialogs(page)
     return page
+
+
+DIALOGS: list[str] = []  # every JupyterLab dialog met on the way, reported when a test fails
+
+
+def _dismiss_dialogs(page) -> None:
+    """Answer any modal JupyterLab dialog (kernel choice, kernel restart, server connection...) with its
+    default button, keeping its text for the failure report; a dialog left open swallows every click."""
+    for _ in range(5):
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count() == 0 or not dialog.first.is_visible():
+            return
+        text = " | ".join(t.strip() for t in dialog.first.locator(".jp-Dialog-header, .jp-Dialog-body").all_inner_texts())
+        DIALOGS.append(text)
+        page.screenshot(path=str(SHOTS / f"dialog_{len(DIALOGS)}.png"))
+        print(f"NOTICE: JupyterLab showed a dialog: {text!r}")
+        accept = dialog.first.locator(".jp-Dialog-footer .jp-mod-accept")
+        if accept.count():
+            accept.first.click()
+        else:
+            page.keyboard.press("Escape")
+        time.sleep(1)
+
+
+def _context() -> str:
+    return f"\ndialogs seen: {DIALOGS}\nend of the server log:\n{_log_tail()}"
 
 
 def _run_all(page, timeout_s: int) -> None:
@@ -98,15 +138,19 @@ def _run_all(page, timeout_s: int) -> None:
         return any(re.fullmatch(r"\[(\*|\d+)\]:", p.strip()) for p in prompts)
 
     for _attempt in range(4):  # a menu item clicked while the kernel is still connecting does nothing
+        _dismiss_dialogs(page)
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
         for _ in range(30):
+            _dismiss_dialogs(page)
             if started():
                 break
             time.sleep(1)
         if started():
             break
         page.keyboard.press("Escape")
+    else:
+        raise AssertionError("Run All Cells never started the notebook" + _context())
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_text_contents()
@@ -114,16 +158,17 @@ def _run_all(page, timeout_s: int) -> None:
         idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
         if done and idle:
             return
+        _dismiss_dialogs(page)
         if idle and started():  # Run All stops at a failing cell: report it instead of waiting
             _assert_no_error(page, page.url)
         time.sleep(2)
-    raise AssertionError(f"the notebook did not finish within {timeout_s} s; prompts: {prompts}")
+    raise AssertionError(f"the notebook did not finish within {timeout_s} s; prompts: {prompts}" + _context())
 
 
 def _assert_no_error(page, name: str) -> None:
     errors = page.locator(".jp-OutputArea-output", has_text="Traceback (most recent call last)")
     if errors.count():
-        raise AssertionError(f"{name}: a cell shows an error:\n{errors.first.inner_text()[:2000]}")
+        raise AssertionError(f"{name}: a cell shows an error:\n{errors.first.inner_text()[:2000]}" + _context())
 
 
 def _figures(page) -> int:
