@@ -61,6 +61,14 @@ def test_installed_versions_match_the_pins():
         assert version(name) == pinned, f"{name}: installed {version(name)}, pinned {pinned}"
 
 
+def test_no_slow_importing_iri_validator(python):
+    """jsonschema >= 4.25 drags in rfc3987-syntax, whose import costs seconds in every nbgrader and
+    nbformat process (each autograde run starts several); the jsonschema pin keeps it out."""
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('rfc3987_syntax') is not None)"
+    assert subprocess.run([python, "-c", probe]).returncode == 0, \
+        "rfc3987_syntax is installed: pin jsonschema below 4.25 (python-jsonschema/jsonschema#1392)"
+
+
 def test_utils_comes_from_the_repo_even_next_to_a_stray_utils_py(tmp_path, python):
     (tmp_path / "utils.py").write_text("raise ImportError('the stray utils.py was imported')\n")
     out = subprocess.run([python, "-c", "import utils, sys; print(utils.__file__); print('torch' in sys.modules)"],
