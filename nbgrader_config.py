@@ -34,6 +34,9 @@ c.Execute.interrupt_on_timeout = True
 # After an interrupt the kernel may need a moment to flush its output; without this slack a slow
 # machine turns one timed-out cell into a failed submission.
 c.Execute.iopub_timeout = 20
+# Once the last cell has run, every output is in the notebook: stop the kernel at once. A "graceful"
+# shutdown of a kernel that imported torch waits about 2 s, on every graded notebook.
+c.Execute.shutdown_kernel = "immediate"
 
 # Feedback shows which case failed and why, but not the hidden tests' code (nbgrader issue #917).
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402

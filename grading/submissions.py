@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import nbformat
 
@@ -35,6 +35,24 @@ BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 def nbgrader_meta(cell) -> dict:
     """A cell's nbgrader metadata (empty for ordinary cells)."""
     return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def region_lines(nb: nbformat.NotebookNode, kinds: Tuple[str, ...] = ("SOLUTION", "HIDDEN TESTS")
+                 ) -> Tuple[List[str], List[str]]:
+    """Stripped source lines inside nbgrader's ``### BEGIN <kind>`` / ``### END <kind>`` regions and
+    outside them (marker lines themselves in neither), in notebook order."""
+    inside_lines: List[str] = []
+    outside_lines: List[str] = []
+    for cell in nb.cells:
+        inside = False
+        for line in cell.source.split("\n"):
+            if any(f"### BEGIN {kind}" in line for kind in kinds):
+                inside = True
+            elif any(f"### END {kind}" in line for kind in kinds):
+                inside = False
+            else:
+                (inside_lines if inside else outside_lines).append(line.strip())
+    return inside_lines, outside_lines
 
 
 def _strip_markers(source: str) -> str:

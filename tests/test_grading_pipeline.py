@@ -34,8 +34,9 @@ pytestmark = pytest.mark.slow
 # GRADING_ONLY=a,b restricts the run while developing one assignment; CI grades all of them.
 ASSIGNMENTS = [a for a in assignment_names() if a in os.environ.get("GRADING_ONLY", a).split(",")]
 BUGS = [(a, bug) for a in ASSIGNMENTS for bug in submissions.load_manifest(a)]
-LOOP_TIMEOUT = 40  # seconds per cell in the endless-loop course (the setup cell imports torch within it)
+LOOP_TIMEOUT = 30  # seconds per cell in the endless-loop course (the setup cell imports torch within it)
 JOBS = int(os.environ.get("GRADING_JOBS", "2"))
+PARTS = 2  # scratch courses per assignment: smaller units keep both workers busy to the end
 # The endless loop costs LOOP_TIMEOUT per looping cell; the mechanism (nbgrader's per-cell timeout and
 # interrupt) is the same for every assignment, so one assignment proves it and keeps `make test` short.
 LOOP_ASSIGNMENTS = [a for a in ("nms",) if a in ASSIGNMENTS] or ASSIGNMENTS[:1]
@@ -100,59 +101,106 @@ STRAY_UTILS = "raise ImportError('a student utils.py shadowed the course utils p
 
 @dataclass
 class Graded:
-    scores: Dict[str, pipeline.Score]
-    rescores: Dict[str, pipeline.Score]
-    loop: Optional[pipeline.Score]
-    course: pipeline.Course
-    loop_course: Optional[pipeline.Course]
+    """Everything graded for one assignment, merged over the scratch courses that graded it."""
+
+    scores: Dict[str, pipeline.Score] = field(default_factory=dict)
+    rescores: Dict[str, pipeline.Score] = field(default_factory=dict)  # the first course, after a re-grade
+    courses: Dict[str, pipeline.Course] = field(default_factory=dict)  # student -> the course that graded them
+    loop: Optional[pipeline.Score] = None
     seconds: Dict[str, float] = field(default_factory=dict)
 
-    def autograded(self, student: str, assignment: str, course=None) -> nbformat.NotebookNode:
-        course = course or self.course
-        return nbformat.read(course.root / "autograded" / student / assignment / f"{assignment}.ipynb", as_version=4)
+    def autograded(self, student: str, assignment: str) -> nbformat.NotebookNode:
+        root = self.courses[student].root
+        return nbformat.read(root / "autograded" / student / assignment / f"{assignment}.ipynb", as_version=4)
 
 
-def _grade(assignment: str, root: Path) -> Graded:
-    course = pipeline.Course(root / "course")
-    release = course.generate(assignment)
+def _submissions(assignment: str) -> list:
+    """(student, notebook, extra files) for every submission the tests grade, the solution first."""
     solution = submissions.student_notebook(assignment)
+    blank = nbformat.read(REPO / "assignments" / assignment / f"{assignment}.ipynb", as_version=4)
     wrong = submissions.wrong_submissions(assignment)
-    course.submit("solution", assignment, solution)
-    course.submit("blank", assignment, nbformat.read(release / f"{assignment}.ipynb", as_version=4))
-    for bug, nb in wrong.items():
-        course.submit(f"bug_{bug}", assignment, nb)
     first_bug = next(iter(wrong.values()), solution)
-    course.submit("edited_tests", assignment, with_tests_edited(first_bug))
-    course.submit("deleted_test", assignment, with_test_deleted(solution))
-    course.submit("stray_utils", assignment, solution, extra_files={"utils.py": STRAY_UTILS})
-    course.submit("torch_warning", assignment, with_torch_warning(solution))
-    n = 6 + len(wrong)
-    seconds = course.autograde(assignment)
-    scores = course.scores(assignment)
-    again = course.autograde(assignment, student="solution")
-    rescores = course.scores(assignment)
-    course.feedback(assignment)
+    return [
+        ("solution", solution, {}),
+        ("blank", blank, {}),
+        *((f"bug_{bug}", nb, {}) for bug, nb in wrong.items()),
+        ("edited_tests", with_tests_edited(first_bug), {}),
+        ("deleted_test", with_test_deleted(solution), {}),
+        # right answers with two harmless disturbances: a student utils.py beside the notebook, a torch warning
+        ("stray_utils_and_warning", with_torch_warning(solution), {"utils.py": STRAY_UTILS}),
+    ]
 
-    loop, loop_course, loop_seconds = None, None, 0.0
-    if assignment in LOOP_ASSIGNMENTS:
-        loop_course = pipeline.Course(root / "loop", cell_timeout=LOOP_TIMEOUT)
-        loop_course.generate(assignment)
-        loop_course.submit("endless_loop", assignment, with_endless_loop(solution))
-        loop_seconds = loop_course.autograde(assignment)
-        loop = loop_course.scores(assignment)["endless_loop"]
-    return Graded(scores, rescores, loop, course, loop_course,
-                  {"per_submission": seconds / n, "submissions": n, "regrade_one": again, "endless_loop": loop_seconds})
+
+@dataclass
+class Unit:
+    """One scratch course grading a share of one assignment's submissions (one nbgrader autograde run)."""
+
+    assignment: str
+    part: int
+    students: list
+    cell_timeout: Optional[int] = None
+
+    @property
+    def cost(self) -> int:
+        return len(self.students) + (4 if self.cell_timeout else 0)
+
+
+def _units() -> list:
+    """Work for the pool, largest first: each assignment's submissions in PARTS courses (so two cores
+    stay busy until the end), plus the endless-loop course."""
+    units = []
+    for a in ASSIGNMENTS:
+        subs = _submissions(a)
+        for part in range(PARTS):
+            units.append(Unit(a, part, subs[part::PARTS]))
+        if a in LOOP_ASSIGNMENTS:
+            units.append(Unit(a, PARTS, [("endless_loop", with_endless_loop(subs[0][1]), {})], LOOP_TIMEOUT))
+    return sorted(units, key=lambda u: -u.cost)
+
+
+def _run(unit: Unit, root: Path) -> dict:
+    course = pipeline.Course(root, cell_timeout=unit.cell_timeout)
+    course.generate(unit.assignment)
+    for student, nb, extra in unit.students:
+        course.submit(student, unit.assignment, nb, extra_files=extra)
+    seconds = course.autograde(unit.assignment)
+    out = {"unit": unit, "course": course, "scores": course.scores(unit.assignment), "seconds": seconds}
+    if unit.part == 0:  # item 6: re-grade one student of this course, then read the whole gradebook again
+        out["regrade_seconds"] = course.autograde(unit.assignment, student="solution")
+        out["rescores"] = course.scores(unit.assignment)
+    if unit.cell_timeout is None:
+        course.feedback(unit.assignment)
+    return out
 
 
 @pytest.fixture(scope="session")
 def graded(tmp_path_factory) -> Dict[str, Graded]:
     start = time.perf_counter()
+    units = _units()
+    roots = [tmp_path_factory.mktemp(f"{u.assignment}_{u.part}") for u in units]  # here, not in the threads
     with ThreadPoolExecutor(max_workers=JOBS) as pool:
-        futures = {a: pool.submit(_grade, a, tmp_path_factory.mktemp(a)) for a in ASSIGNMENTS}
-        results = {a: f.result() for a, f in futures.items()}
+        done = list(pool.map(_run, units, roots))
+    results = {a: Graded() for a in ASSIGNMENTS}
+    work = {a: [0.0, 0] for a in ASSIGNMENTS}
+    for out in done:
+        unit, g = out["unit"], results[out["unit"].assignment]
+        if unit.cell_timeout:
+            g.loop = out["scores"]["endless_loop"]
+            g.seconds["endless_loop"] = out["seconds"]
+        else:
+            work[unit.assignment][0] += out["seconds"]
+            work[unit.assignment][1] += len(unit.students)
+            g.scores.update(out["scores"])
+        g.courses.update({student: out["course"] for student in out["scores"]})
+        if "rescores" in out:
+            g.rescores = out["rescores"]
+            g.seconds["regrade_one"] = out["regrade_seconds"]
+    for a, (seconds, n) in work.items():
+        results[a].seconds.update(per_submission=seconds / n, submissions=n)
     OUTPUT.mkdir(exist_ok=True)
     timings = {a: g.seconds for a, g in results.items()}
     timings["_total_wall_seconds"] = time.perf_counter() - start
+    timings["_jobs"] = JOBS
     (OUTPUT / "grading_times.json").write_text(json.dumps(timings, indent=2))
     return results
 
@@ -223,10 +271,12 @@ def test_deleted_test_cell_never_gets_full_marks(graded, assignment):
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_stray_utils_py_does_not_shadow_the_course_utils(graded, assignment):
-    score = graded[assignment].scores["stray_utils"]
+    score = graded[assignment].scores["stray_utils_and_warning"]
     assert score.total == score.max_total, _describe(score)
-    nb = graded[assignment].autograded("stray_utils", assignment)
+    nb = graded[assignment].autograded("stray_utils_and_warning", assignment)
     assert "shadowed" not in json.dumps(nb), "the stray utils.py was imported"
+    assert (graded[assignment].courses["stray_utils_and_warning"].root / "autograded" / "stray_utils_and_warning"
+            / assignment / "utils.py").exists(), "the stray utils.py was not next to the graded notebook"
 
 
 def test_nbgrader_zeroes_a_test_cell_that_writes_to_stderr():
@@ -244,9 +294,9 @@ def test_nbgrader_zeroes_a_test_cell_that_writes_to_stderr():
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_correct_code_with_a_torch_warning_keeps_full_marks(graded, assignment):
-    score = graded[assignment].scores["torch_warning"]
+    score = graded[assignment].scores["stray_utils_and_warning"]
     assert score.total == score.max_total, _describe(score)
-    nb = graded[assignment].autograded("torch_warning", assignment)
+    nb = graded[assignment].autograded("stray_utils_and_warning", assignment)
     graded_cells = [c for c in nb.cells if nbgrader_meta(c).get("grade")]
     streams = [o for c in graded_cells for o in c.outputs if o.output_type == "stream"]
     assert any("copy construct" in o.text for o in streams if o.name == "stdout"), \
@@ -259,7 +309,7 @@ def test_endless_loop_costs_only_its_tests(graded, assignment):
     g = graded[assignment]
     loop = g.loop
     assert 0 < loop.total < loop.max_total, f"endless loop: {_describe(loop)}"
-    nb = g.autograded("endless_loop", assignment, g.loop_course)
+    nb = g.autograded("endless_loop", assignment)
     timed_out = [c for c in nb.cells if any(o.output_type == "error" and o.ename in ("CellTimeoutError", "KeyboardInterrupt")
                                             for o in c.get("outputs", []))]
     assert timed_out, "no cell was interrupted by the timeout"
@@ -269,8 +319,10 @@ def test_endless_loop_costs_only_its_tests(graded, assignment):
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_regrading_gives_the_same_scores_and_keeps_other_grades(graded, assignment):
     g = graded[assignment]
-    assert set(g.rescores) == set(g.scores), "students disappeared from the gradebook after re-grading"
-    for student, score in g.scores.items():
+    first = g.courses["solution"]
+    before = {s: score for s, score in g.scores.items() if g.courses[s] is first}
+    assert len(before) > 1 and set(g.rescores) == set(before), "students disappeared from the gradebook after re-grading"
+    for student, score in before.items():
         assert g.rescores[student].cells == score.cells, f"{student}: {_describe(score)} -> {_describe(g.rescores[student])}"
 
 
@@ -278,18 +330,11 @@ def test_regrading_gives_the_same_scores_and_keeps_other_grades(graded, assignme
 def _hidden_lines(assignment: str):
     """Substantial lines of the hidden tests that a student does not see anyway (in the release or in
     the solution code a student writes)."""
-    source = nbformat.read(REPO / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+    hidden, _ = submissions.region_lines(nbformat.read(REPO / "solutions" / assignment / f"{assignment}.ipynb",
+                                                       as_version=4), kinds=("HIDDEN TESTS",))
     student = submissions.student_notebook(assignment)
     visible = {line.strip() for cell in student.cells for line in cell.source.split("\n")}
-    for cell in source.cells:
-        inside = False
-        for line in cell.source.split("\n"):
-            if "BEGIN HIDDEN TESTS" in line:
-                inside = True
-            elif "END HIDDEN TESTS" in line:
-                inside = False
-            elif inside and len(line.strip()) > 30 and line.strip() not in visible:
-                yield line.strip()
+    return [line for line in hidden if len(line) > 30 and line not in visible]
 
 
 def _feedback_text(course: pipeline.Course, student: str, assignment: str) -> str:
@@ -304,12 +349,12 @@ def test_feedback_explains_failures_without_revealing_hidden_tests(graded, assig
     hidden = [re.sub(r"\s+", " ", line) for line in _hidden_lines(assignment)]
     assert hidden, f"{assignment} has no hidden tests"
     for student in g.scores:
-        text = _feedback_text(g.course, student, assignment)
+        text = _feedback_text(g.courses[student], student, assignment)
         leaked = [line for line in hidden if line in text]
         assert not leaked, f"feedback of {student} shows hidden test code: {leaked[:2]}"
         assert "BEGIN HIDDEN TESTS" not in text
     for bug in submissions.load_manifest(assignment):
-        text = _feedback_text(g.course, f"bug_{bug}", assignment)
+        text = _feedback_text(g.courses[f"bug_{bug}"], f"bug_{bug}", assignment)
         assert re.search(r"\b\w*(Error|Exception): \S", text), f"{bug}: no failure message in the feedback"
         assert "expected" in text, f"{bug}: the feedback does not say what was expected"
 

@@ -7,7 +7,7 @@ import nbformat
 import pytest
 
 from grading import pipeline, submissions
-from grading.submissions import nbgrader_meta
+from grading.submissions import nbgrader_meta, region_lines
 from grading.paths import ASSIGNMENTS, REPO, SOLUTIONS, assignment_names, release_notebook, solution_notebook
 
 NAMES = assignment_names()
@@ -51,16 +51,9 @@ def test_release_holds_no_solution_and_no_hidden_test(name):
     for cell in stubs:
         assert "raise NotImplementedError" in cell.source, f"{name}: {nbgrader_meta(cell)['grade_id']} is not a stub"
     release_lines = {line.strip() for c in release.cells for line in c.source.split("\n")}
-    secret, public = set(), set()
-    for cell in source.cells:
-        inside = False
-        for line in cell.source.split("\n"):
-            if "BEGIN SOLUTION" in line or "BEGIN HIDDEN TESTS" in line:
-                inside = True
-            elif "END SOLUTION" in line or "END HIDDEN TESTS" in line:
-                inside = False
-            elif len(line.strip()) > 25 and not line.strip().startswith("#"):
-                (secret if inside else public).add(line.strip())
+    inside, outside = region_lines(source)
+    secret = {line for line in inside if len(line) > 25 and not line.startswith("#")}
+    public = set(outside)
     # a line that the source also shows outside its solution/hidden regions is public anyway
     leaked = sorted((secret - public) & release_lines)
     assert not leaked, f"{name}: solution/hidden lines leaked into the release: {leaked[:3]}"
