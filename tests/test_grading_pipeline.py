@@ -1,10 +1,11 @@
 """The grading pipeline separates right from wrong, for every assignment in solutions/.
 
-One session fixture runs the real nbgrader (generate_assignment, autograde, generate_feedback) in a
-scratch course per assignment, in parallel, on: the solution submitted as a student's, the blank
-release, every wrong submission of tests/submissions/<a>/manifest.json, and a set of faults (edited
-or deleted test cells, a stray utils.py, a torch warning, an endless loop). The tests then read the
-scores from the gradebook with nbgrader's API.
+One session fixture runs the real nbgrader (generate_assignment, autograde, generate_feedback) on: the
+solution submitted as a student's, the blank release, every wrong submission of
+tests/submissions/<a>/manifest.json, and a set of faults (edited or deleted test cells, a stray
+utils.py together with a torch warning, an endless loop). Each assignment's submissions are split over
+PARTS scratch courses (one `nbgrader autograde` run each) and GRADING_JOBS runs go at a time. The tests
+then read the scores from the gradebooks with nbgrader's API.
 """
 from __future__ import annotations
 
