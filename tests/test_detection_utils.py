@@ -1,10 +1,10 @@
-"""Unit tests of utils.detection.coco_evaluate (the pycocotools bridge; fast)."""
+"""Unit tests of utils.detection (the pycocotools bridge: coco_evaluate, coco_matches; fast)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from utils.detection import COCO_STAT_NAMES, coco_evaluate
+from utils.detection import COCO_STAT_NAMES, coco_evaluate, coco_matches
 
 
 def _targets() -> list:
@@ -49,3 +49,21 @@ def test_empty_predictions_give_zero_and_iou_thresholds():
     assert only_50["map"] == pytest.approx(full["map_50"]) and only_50["map_75"] == pytest.approx(full["map_75"])
     with pytest.raises(ValueError):
         coco_evaluate(shifted[:1], targets)
+
+
+def _strips(*spans) -> torch.Tensor:
+    """Boxes spanning y in [0, 10]: their IoU is the overlap of the x-intervals over their union."""
+    return torch.tensor([[x1, 0.0, x2, 10.0] for x1, x2 in spans])
+
+
+def test_coco_matches_follows_cocos_greedy_rule():
+    gt = _strips((3, 13), (0, 10), (30, 40), (60, 70), (100, 110), (103, 113))
+    pred = _strips((1, 11), (0, 10), (30, 35), (31, 41), (80, 90), (105, 115), (103, 113))
+    scores = torch.tensor([0.80, 0.90, 0.70, 0.60, 0.95, 0.50, 0.55])
+    # by score: background FP; exact GT1 TP; GT1 taken so GT0 (IoU 2/3) TP; IoU exactly 0.5 with GT2 TP
+    # (COCO's >=); duplicate on GT2 FP; exact GT5 TP; GT5 taken and GT4 only 1/3: FP
+    assert coco_matches(pred, scores, gt, 0.5).tolist() == [True, True, True, False, False, False, True]
+    # at 0.75 the half-overlapping box misses, which leaves GT2 to the duplicate (IoU 9/11)
+    assert coco_matches(pred, scores, gt, 0.75).tolist() == [False, True, False, True, False, False, True]
+    assert coco_matches(pred, scores, gt[:0], 0.5).tolist() == [False] * 7
+    assert coco_matches(pred[:0], scores[:0], gt, 0.5).tolist() == []

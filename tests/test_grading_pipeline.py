@@ -143,12 +143,12 @@ class Unit:
 
     @property
     def cost(self) -> int:
-        return len(self.students) + (4 if self.cell_timeout else 0)
+        return len(self.students)
 
 
 def _units() -> list:
-    """Work for the pool, largest first: each assignment's submissions in PARTS courses (so two cores
-    stay busy until the end), plus the endless-loop course."""
+    """Work for the pool: each assignment's submissions in PARTS courses, largest first (so two cores
+    stay busy until the end), after the endless-loop course."""
     units = []
     for a in ASSIGNMENTS:
         subs = _submissions(a)
@@ -156,7 +156,8 @@ def _units() -> list:
             units.append(Unit(a, part, subs[part::PARTS]))
         if a in LOOP_ASSIGNMENTS:
             units.append(Unit(a, PARTS, [("endless_loop", with_endless_loop(subs[0][1]), {})], LOOP_TIMEOUT))
-    return sorted(units, key=lambda u: -u.cost)
+    # the endless loop first: alone at the end, its timeout would leave the other worker idle
+    return sorted(units, key=lambda u: (u.cell_timeout is None, -u.cost))
 
 
 def _run(unit: Unit, root: Path) -> dict:

@@ -27,7 +27,7 @@ _EXPORTS = {
     "convmath": ["conv_output_size", "conv_cost", "ConvCost"],
     "widgets": ["interactive_or_static", "under_test"],
     "models": ["mlp", "SmallCNN"],
-    "detection": ["coco_evaluate", "COCO_STAT_NAMES"],
+    "detection": ["coco_evaluate", "coco_matches", "COCO_STAT_NAMES"],
 }
 _LOOKUP = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_LOOKUP) + sorted(_EXPORTS)

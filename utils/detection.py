@@ -1,7 +1,7 @@
 """Detection evaluation shared by the chapters: the official COCO mAP through ``pycocotools``.
 
-The same bridge is used (as a locked cell) by the ``mean_average_precision`` assignment; chapters import it
-from here::
+The ``mean_average_precision`` assignment grades students against these two functions; chapters use
+``coco_evaluate`` to score their detectors::
 
     >>> from utils.detection import coco_evaluate
     >>> result = coco_evaluate(preds, targets)     # doctest: +SKIP
@@ -18,9 +18,10 @@ import io
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from torch import Tensor
 
-__all__ = ["coco_evaluate", "COCO_STAT_NAMES"]
+__all__ = ["coco_evaluate", "coco_matches", "COCO_STAT_NAMES"]
 
 #: the twelve numbers of ``COCOeval.summarize()`` for boxes, in order
 COCO_STAT_NAMES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
@@ -111,3 +112,36 @@ def coco_evaluate(preds: List[Dict[str, Tensor]], targets: List[Dict[str, Tensor
     return {"map": _mean_ap(precision[chosen]), "map_50": _mean_ap(precision[at(0.5)]),
             "map_75": _mean_ap(precision[at(0.75)]), "ap_per_class": ap_per_class,
             "stats": {name: float(v) for name, v in zip(COCO_STAT_NAMES, coco_eval.stats)}}
+
+
+def coco_matches(pred_boxes: Tensor, pred_scores: Tensor, gt_boxes: Tensor, iou_threshold: float) -> Tensor:
+    """pycocotools' true-positive flags for the detections of one class in one image.
+
+    Args:
+        pred_boxes: Tensor[N, 4] detections (x1, y1, x2, y2).
+        pred_scores: Tensor[N] their scores.
+        gt_boxes: Tensor[M, 4] ground-truth boxes (x1, y1, x2, y2); M may be 0.
+        iou_threshold: the single IoU threshold to match at.
+
+    Returns:
+        Tensor[N] bool, in the input order of the detections: True where ``COCOeval.evaluate`` matched the
+        detection to a ground-truth box (all N detections are kept, even beyond COCO's 100).
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    flags = np.zeros(len(pred_boxes), dtype=bool)
+    if len(pred_boxes) == 0:
+        return torch.from_numpy(flags)
+    pred = {"boxes": pred_boxes, "scores": pred_scores, "labels": torch.ones(len(pred_boxes), dtype=torch.int64)}
+    target = {"boxes": gt_boxes, "labels": torch.ones(len(gt_boxes), dtype=torch.int64)}
+    gt, dt = _coco_objects([pred], [target])
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval = COCOeval(gt, dt, "bbox")
+        coco_eval.params.iouThrs = np.array([iou_threshold], dtype=np.float64)
+        coco_eval.params.maxDets = [max(100, len(pred_boxes))]
+        coco_eval.params.areaRng, coco_eval.params.areaRngLbl = [[0, 1e10]], ["all"]
+        coco_eval.evaluate()
+    result = next(e for e in coco_eval.evalImgs if e is not None)
+    matched = np.asarray(result["dtMatches"][0]) > 0         # [N] in COCO's (score) order
+    flags[np.asarray(result["dtIds"]) - 1] = matched          # detection ids are 1 + input index
+    return torch.from_numpy(flags)
