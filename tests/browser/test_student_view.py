@@ -125,6 +125,18 @@ def _dismiss_dialogs(page) -> None:
         time.sleep(1)
 
 
+def _click(page, locator, attempts: int = 6) -> None:
+    """Click, answering any dialog that pops up in the way (it would swallow the click)."""
+    for attempt in range(attempts):
+        _dismiss_dialogs(page)
+        try:
+            locator.click(timeout=10_000)
+            return
+        except sync_api.TimeoutError:
+            if attempt == attempts - 1:
+                raise AssertionError(f"could not click {locator}" + _context()) from None
+
+
 def _context() -> str:
     return f"\ndialogs seen: {DIALOGS}\nend of the server log:\n{_log_tail()}"
 
@@ -138,9 +150,8 @@ def _run_all(page, timeout_s: int) -> None:
         return any(re.fullmatch(r"\[(\*|\d+)\]:", p.strip()) for p in prompts)
 
     for _attempt in range(4):  # a menu item clicked while the kernel is still connecting does nothing
-        _dismiss_dialogs(page)
-        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+        _click(page, page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")))
+        _click(page, page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")))
         for _ in range(30):
             _dismiss_dialogs(page)
             if started():
