@@ -94,11 +94,12 @@ def _open(browser, lab: str, path: str):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{lab}/lab/tree/{path}?token={TOKEN}&reset", wait_until="domcontentloaded")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-    try:
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-    except sync_api.TimeoutError:
+    deadline = time.time() + 120  # a dialog (e.g. a kernel choice) can hold the kernel back: answer it
+    while page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() == 0:
         _dismiss_dialogs(page)
-        raise AssertionError(f"{path}: the kernel never became idle" + _context()) from None
+        if time.time() > deadline:
+            raise AssertionError(f"{path}: the kernel never became idle" + _context())
+        time.sleep(1)
     _dismiss_dialogs(page)
     return page
 
@@ -118,9 +119,9 @@ def _dismiss_dialogs(page) -> None:
         page.screenshot(path=str(SHOTS / f"dialog_{len(DIALOGS)}.png"))
         print(f"NOTICE: JupyterLab showed a dialog: {text!r}")
         accept = dialog.first.locator(".jp-Dialog-footer .jp-mod-accept")
-        if accept.count():
-            accept.first.click()
-        else:
+        try:
+            accept.first.click(timeout=5_000)
+        except sync_api.TimeoutError:  # no default button, or it did not respond
             page.keyboard.press("Escape")
         time.sleep(1)
 
