@@ -175,13 +175,34 @@ def _run(unit: Unit, root: Path) -> dict:
     return out
 
 
+def _make_autograde(root: Path) -> dict:
+    """What an instructor runs (`python -m grading autograde`, as `make autograde` does) on an inbox with
+    one correct and one blank submission of the first assignment; graded in the pool beside the units."""
+    assignment = ASSIGNMENTS[0]
+    folder = root / "inbox"
+    for student, nb in (("alice", submissions.student_notebook(assignment)),
+                        ("bob", nbformat.read(REPO / "assignments" / assignment / f"{assignment}.ipynb", as_version=4))):
+        (folder / student / assignment).mkdir(parents=True)
+        nbformat.write(nb, folder / student / assignment / f"{assignment}.ipynb")
+    course = pipeline.Course(root / "course")
+    out = subprocess.run([sys.executable, "-m", "grading", "autograde", str(folder), "--root", str(course.root)],
+                         cwd=REPO, capture_output=True, text=True)
+    return {"assignment": assignment, "folder": folder, "course": course, "out": out}
+
+
+MAKE_AUTOGRADE: dict = {}  # filled by the `graded` fixture, read by the make-autograde test
+
+
 @pytest.fixture(scope="session")
 def graded(tmp_path_factory) -> Dict[str, Graded]:
     start = time.perf_counter()
     units = _units()
     roots = [tmp_path_factory.mktemp(f"{u.assignment}_{u.part}") for u in units]  # here, not in the threads
+    cli_root = tmp_path_factory.mktemp("make_autograde")
     with ThreadPoolExecutor(max_workers=JOBS) as pool:
+        cli = pool.submit(_make_autograde, cli_root)  # first: one short job beside the endless loop
         done = list(pool.map(_run, units, roots))
+        MAKE_AUTOGRADE.update(cli.result())
     results = {a: Graded() for a in ASSIGNMENTS}
     work = {a: [0.0, 0] for a in ASSIGNMENTS}
     for out in done:
@@ -368,16 +389,9 @@ def test_autograding_time_per_submission(graded):
         assert g.seconds["per_submission"] < 60, f"{assignment}: {g.seconds['per_submission']:.0f} s per submission"
 
 
-def test_make_autograde_grades_a_folder_exports_and_summarises(tmp_path):
-    assignment = ASSIGNMENTS[0]
-    folder = tmp_path / "inbox"
-    for student, nb in (("alice", submissions.student_notebook(assignment)),
-                        ("bob", nbformat.read(REPO / "assignments" / assignment / f"{assignment}.ipynb", as_version=4))):
-        (folder / student / assignment).mkdir(parents=True)
-        nbformat.write(nb, folder / student / assignment / f"{assignment}.ipynb")
-    course = pipeline.Course(tmp_path / "course")
-    out = subprocess.run([sys.executable, "-m", "grading", "autograde", str(folder), "--root", str(course.root)],
-                         cwd=REPO, capture_output=True, text=True)
+def test_make_autograde_grades_a_folder_exports_and_summarises(graded):
+    run = MAKE_AUTOGRADE
+    assignment, folder, course, out = run["assignment"], run["folder"], run["course"], run["out"]
     assert out.returncode == 0, out.stdout + out.stderr
     assert re.search(r"alice\s+100 / 100", out.stdout) and re.search(r"bob\s+0 / 100", out.stdout), out.stdout
     assert "failed by" in out.stdout
