@@ -1,14 +1,12 @@
 """Release hygiene: assignments/ is exactly what nbgrader generates from solutions/, and gives nothing away."""
 from __future__ import annotations
 
-import json
-
 import nbformat
 import pytest
 
 from grading import pipeline, submissions
 from grading.submissions import nbgrader_meta, region_lines
-from grading.paths import ASSIGNMENTS, REPO, SOLUTIONS, assignment_names, release_notebook, solution_notebook
+from grading.paths import ASSIGNMENTS, REPO, assignment_names, release_notebook, solution_notebook
 
 NAMES = assignment_names()
 
