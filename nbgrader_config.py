@@ -25,9 +25,14 @@ c.CourseDirectory.db_url = os.environ.get("NBGRADER_DB_URL", "sqlite:///" + os.p
 # files that never go to students
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.csv"]
 
-# Every notebook runs on the course's python3 kernel (the .venv's).
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
-c.Execute.kernel_name = "python3"
+# Autograding runs every notebook on the `dlcv-autograde` kernel (grading/warm.py): the .venv's
+# python3 kernel, forked from a process that has already imported torch when a kernel server runs
+# (`python -m grading autograde` and the tests start one), an ordinary cold start otherwise.
+from grading import warm  # noqa: E402
+
+os.environ.update(warm.kernelspec_env())  # where jupyter_client finds that kernelspec
+c.Execute.kernel_name = warm.KERNEL_NAME
 # Per-cell limit: an endless loop costs its test cell, not the whole submission.
 c.Execute.timeout = int(os.environ.get("NBGRADER_CELL_TIMEOUT", "120"))
 c.Execute.interrupt_on_timeout = True

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import pipeline, submissions
+from . import pipeline, submissions, warm
 from .paths import REPO, assignment_names, release_notebook
 
 
@@ -27,7 +27,8 @@ def check(assignment: str, keep: str | None = None) -> int:
     manifest = submissions.load_manifest(assignment)
     for bug, nb in submissions.wrong_submissions(assignment).items():
         course.submit(bug, assignment, nb)
-    seconds = course.autograde(assignment)
+    with warm.kernel_server():
+        seconds = course.autograde(assignment)
     scores = course.scores(assignment)
     print(pipeline.summary(scores, assignment))
     print(f"\n{len(scores)} submissions in {seconds:.0f} s; course folder: {root}")

@@ -20,6 +20,7 @@ from typing import Dict, Iterable, List, Mapping, Optional
 
 import nbformat
 
+from . import warm
 from .paths import ASSIGNMENTS, REPO, SOLUTIONS
 
 
@@ -177,17 +178,18 @@ def autograde_folder(submissions: Path, root: Path = REPO) -> Dict[str, Dict[str
     where = [f"--CourseDirectory.submitted_directory={submissions}"]
     scratch = root / "autograded" / ".release"
     results = {}
-    for assignment in assignments:
-        # records the assignment (cells, checksums, points) in the gradebook without touching assignments/
-        nbgrader(["generate_assignment", assignment, "--force", f"--CourseDirectory.release_directory={scratch}"], cwd=root)
-        n = len(list(submissions.glob(f"*/{assignment}")))
-        start = time.perf_counter()
-        nbgrader(["autograde", assignment, "--force", *where], cwd=root)
-        seconds = time.perf_counter() - start
-        nbgrader(["generate_feedback", assignment, "--force", *where], cwd=root)
-        results[assignment] = read_scores(db_url, assignment, assignment)
-        print(summary(results[assignment], assignment))
-        print(f"autograded {n} submission(s) in {seconds:.0f} s ({seconds / max(n, 1):.1f} s each)\n")
+    with warm.kernel_server():  # each graded notebook's kernel starts with torch imported (grading/warm.py)
+        for assignment in assignments:
+            # records the assignment (cells, checksums, points) in the gradebook without touching assignments/
+            nbgrader(["generate_assignment", assignment, "--force", f"--CourseDirectory.release_directory={scratch}"], cwd=root)
+            n = len(list(submissions.glob(f"*/{assignment}")))
+            start = time.perf_counter()
+            nbgrader(["autograde", assignment, "--force", *where], cwd=root)
+            seconds = time.perf_counter() - start
+            nbgrader(["generate_feedback", assignment, "--force", *where], cwd=root)
+            results[assignment] = read_scores(db_url, assignment, assignment)
+            print(summary(results[assignment], assignment))
+            print(f"autograded {n} submission(s) in {seconds:.0f} s ({seconds / max(n, 1):.1f} s each)\n")
     shutil.rmtree(scratch, ignore_errors=True)
     nbgrader(["export", "--to=grades.csv"], cwd=root)
     print(f"scores: {root / 'grades.csv'}; feedback: {root / 'feedback'}")

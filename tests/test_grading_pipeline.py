@@ -26,7 +26,7 @@ from typing import Dict, Optional
 import nbformat
 import pytest
 
-from grading import pipeline, submissions
+from grading import pipeline, submissions, warm
 from grading.submissions import nbgrader_meta
 from grading.paths import REPO, assignment_names
 
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 # GRADING_ONLY=a,b restricts the run while developing one assignment; CI grades all of them.
 ASSIGNMENTS = [a for a in assignment_names() if a in os.environ.get("GRADING_ONLY", a).split(",")]
 BUGS = [(a, bug) for a in ASSIGNMENTS for bug in submissions.load_manifest(a)]
-LOOP_TIMEOUT = 30  # seconds per cell in the endless-loop course (the setup cell imports torch within it)
+LOOP_TIMEOUT = 15  # seconds per cell in the endless-loop course (its setup cell must finish within it)
 JOBS = int(os.environ.get("GRADING_JOBS", "2"))
 PARTS = 2  # scratch courses per assignment: smaller units keep both workers busy to the end
 # The endless loop costs LOOP_TIMEOUT per looping cell; the mechanism (nbgrader's per-cell timeout and
@@ -199,7 +199,9 @@ def graded(tmp_path_factory) -> Dict[str, Graded]:
     units = _units()
     roots = [tmp_path_factory.mktemp(f"{u.assignment}_{u.part}") for u in units]  # here, not in the threads
     cli_root = tmp_path_factory.mktemp("make_autograde")
-    with ThreadPoolExecutor(max_workers=JOBS) as pool:
+    # one kernel server for every nbgrader run (the make-autograde CLI run finds it through the environment)
+    with warm.kernel_server() as server, ThreadPoolExecutor(max_workers=JOBS) as pool:
+        assert server, "the kernel server did not start: grading would be correct but cold (slow)"
         cli = pool.submit(_make_autograde, cli_root)  # first: one short job beside the endless loop
         done = list(pool.map(_run, units, roots))
         MAKE_AUTOGRADE.update(cli.result())
