@@ -28,11 +28,15 @@ c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedb
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 # Autograding runs every notebook on the `dlcv-autograde` kernel (grading/warm.py): the .venv's
 # python3 kernel, forked from a process that has already imported torch when a kernel server runs
-# (`python -m grading autograde` and the tests start one), an ordinary cold start otherwise.
+# (`python -m grading autograde` and the tests start one), an ordinary cold start otherwise. Every
+# notebook still gets a process of its own.
 from grading import warm  # noqa: E402
 
-os.environ.update(warm.kernelspec_env())  # where jupyter_client finds that kernelspec
-c.Execute.kernel_name = warm.KERNEL_NAME
+if warm.SUPPORTED:  # Linux; elsewhere the ordinary kernel
+    os.environ.update(warm.kernelspec_env())  # where jupyter_client finds that kernelspec
+    c.Execute.kernel_name = warm.KERNEL_NAME
+else:
+    c.Execute.kernel_name = "python3"
 # Per-cell limit: an endless loop costs its test cell, not the whole submission.
 c.Execute.timeout = int(os.environ.get("NBGRADER_CELL_TIMEOUT", "120"))
 c.Execute.interrupt_on_timeout = True

@@ -41,6 +41,9 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 ENV = "DLCV_KERNEL_SERVER"  # path of the server's Unix socket
+# Linux only: fork() after importing torch is unsafe on macOS, and there is no fork() on Windows;
+# elsewhere nbgrader_config.py keeps the ordinary python3 kernel.
+SUPPORTED = sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
 KERNEL_NAME = "dlcv-autograde"
 JUPYTER_DIR = Path(__file__).resolve().parent / "jupyter"  # its kernels/dlcv-autograde/ is the kernelspec
 PRELOAD = ("numpy", "torch", "torchvision", "pandas", "matplotlib.pyplot", "ipykernel.ipkernel")
@@ -210,7 +213,14 @@ def serve(path: str, ready_fd: Optional[int] = None) -> None:
                     _become_kernel(request, fds)
                 for fd in fds:
                     os.close(fd)
-                pidfd = os.pidfd_open(child_pid)
+                try:
+                    pidfd = os.pidfd_open(child_pid)
+                except OSError as exc:  # cannot watch it: stop it before its launcher starts a cold one
+                    os.kill(child_pid, signal.SIGKILL)
+                    os.waitpid(child_pid, 0)
+                    conn.sendall(f"cold pidfd_open failed: {exc}\n".encode())
+                    conn.close()
+                    continue
                 children[child_pid] = {"conn": conn, "pidfd": pidfd}
                 sel.register(pidfd, selectors.EVENT_READ, ("exited", child_pid))
                 sel.register(conn, selectors.EVENT_READ, ("launcher", child_pid))
@@ -252,6 +262,9 @@ def kernel_server(timeout: float = 30.0) -> Iterator[Optional[str]]:
     Reuses a server that is already running (the variable is set and its socket exists). If the server
     does not come up within ``timeout`` seconds, grading goes on with cold kernels.
     """
+    if not SUPPORTED:
+        yield None
+        return
     existing = os.environ.get(ENV)
     if existing and os.path.exists(existing):
         yield existing

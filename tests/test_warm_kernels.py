@@ -17,7 +17,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from grading import warm
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not warm.SUPPORTED, reason="pre-warmed kernels are Linux-only")]
 
 PROBE = (
     "import json, os, sys\n"
