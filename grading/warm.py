@@ -175,11 +175,16 @@ def serve(path: str, ready_fd: Optional[int] = None) -> None:
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, ("accept", None))
     children: Dict[int, dict] = {}  # pid -> {"conn", "pidfd"}
+    log = open(log_path(path), "a", buffering=1)  # one line per kernel asked for: see served()
+
+    def record(line: str) -> None:
+        log.write(f"{line}\n")
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
 
     def close_all_in_child() -> None:
+        log.close()
         sel.close()
         listener.close()
         for child in children.values():
@@ -202,6 +207,7 @@ def serve(path: str, ready_fd: Optional[int] = None) -> None:
                 if differs or len(fds) != 3:
                     reason = f"environment differs: {sorted({k for k, _ in differs})}" if differs else "no stdio"
                     conn.sendall(f"cold {reason}\n".encode())
+                    record(f"cold {request.get('cwd')}: {reason}")
                     conn.close()
                     for fd in fds:
                         os.close(fd)
@@ -219,12 +225,14 @@ def serve(path: str, ready_fd: Optional[int] = None) -> None:
                     os.kill(child_pid, signal.SIGKILL)
                     os.waitpid(child_pid, 0)
                     conn.sendall(f"cold pidfd_open failed: {exc}\n".encode())
+                    record(f"cold {request['cwd']}: pidfd_open failed: {exc}")
                     conn.close()
                     continue
                 children[child_pid] = {"conn": conn, "pidfd": pidfd}
                 sel.register(pidfd, selectors.EVENT_READ, ("exited", child_pid))
                 sel.register(conn, selectors.EVENT_READ, ("launcher", child_pid))
                 conn.sendall(f"pid {child_pid}\n".encode())
+                record(f"warm {request['cwd']}: pid {child_pid}")
             elif kind == "exited":  # the kernel ended: reap it, tell its launcher the exit code
                 child = children.pop(pid)
                 sel.unregister(child["pidfd"])
@@ -249,6 +257,19 @@ def serve(path: str, ready_fd: Optional[int] = None) -> None:
 
 
 # ----------------------------------------------------------------------------- for grading runs
+def log_path(path: str) -> str:
+    return path + ".log"
+
+
+def served(path: str) -> dict:
+    """How many kernels the server at ``path`` forked ("warm") and refused ("cold", with the reasons)."""
+    lines = []
+    with contextlib.suppress(FileNotFoundError):
+        lines = Path(log_path(path)).read_text().splitlines()
+    cold = [line for line in lines if line.startswith("cold ")]
+    return {"warm": sum(line.startswith("warm ") for line in lines), "cold": len(cold), "cold_reasons": cold}
+
+
 def kernelspec_env() -> Dict[str, str]:
     """JUPYTER_PATH with this package's kernels/ first, so nbgrader finds the dlcv-autograde kernelspec."""
     rest = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != str(JUPYTER_DIR)]
@@ -303,6 +324,8 @@ def kernel_server(timeout: float = 30.0) -> Iterator[Optional[str]]:
             proc.wait()
         with contextlib.suppress(OSError):
             os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.unlink(log_path(path))
             os.rmdir(folder)
 
 

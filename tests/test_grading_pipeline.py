@@ -191,6 +191,7 @@ def _make_autograde(root: Path) -> dict:
 
 
 MAKE_AUTOGRADE: dict = {}  # filled by the `graded` fixture, read by the make-autograde test
+KERNELS: dict = {}  # the kernel server's counts of forked ("warm") and refused ("cold") kernels
 
 
 @pytest.fixture(scope="session")
@@ -201,10 +202,11 @@ def graded(tmp_path_factory) -> Dict[str, Graded]:
     cli_root = tmp_path_factory.mktemp("make_autograde")
     # one kernel server for every nbgrader run (the make-autograde CLI run finds it through the environment)
     with warm.kernel_server() as server, ThreadPoolExecutor(max_workers=JOBS) as pool:
-        assert server, "the kernel server did not start: grading would be correct but cold (slow)"
+        assert server or not warm.SUPPORTED, "the kernel server did not start: grading would be correct but slow"
         cli = pool.submit(_make_autograde, cli_root)  # first: one short job beside the endless loop
         done = list(pool.map(_run, units, roots))
         MAKE_AUTOGRADE.update(cli.result())
+        KERNELS.update(warm.served(server) if server else {}, notebooks=sum(len(u.students) for u in units))
     results = {a: Graded() for a in ASSIGNMENTS}
     work = {a: [0.0, 0] for a in ASSIGNMENTS}
     for out in done:
@@ -385,6 +387,14 @@ def test_feedback_explains_failures_without_revealing_hidden_tests(graded, assig
 
 
 # ----------------------------------------------------------------------------- time budget, CLI
+def test_every_graded_notebook_ran_on_a_pre_warmed_kernel(graded):
+    """Correct either way, but a cold kernel costs 3-5 s: an environment mismatch must not go unnoticed."""
+    if not warm.SUPPORTED:
+        pytest.skip("pre-warmed kernels are Linux-only")
+    assert KERNELS["cold"] == 0, f"{KERNELS['cold']} kernels started cold: {KERNELS['cold_reasons'][:3]}"
+    assert KERNELS["warm"] >= KERNELS["notebooks"], KERNELS
+
+
 def test_autograding_time_per_submission(graded):
     for assignment, g in graded.items():
         print(f"{assignment}: {g.seconds['per_submission']:.1f} s per submission")

@@ -117,8 +117,11 @@ def test_without_a_server_the_kernel_starts_cold(server, tmp_path, monkeypatch):
 def test_a_different_thread_setting_gets_a_cold_kernel(server, tmp_path, monkeypatch):
     """torch and BLAS read OMP_NUM_THREADS when imported: a kernel that asks for another value must import them itself."""
     monkeypatch.setenv("OMP_NUM_THREADS", "2" if os.environ.get("OMP_NUM_THREADS") == "1" else "1")
+    refused = warm.served(server)["cold"]
     nb = run(tmp_path, [PROBE, "import os\nprint(os.environ['OMP_NUM_THREADS'])"])
     assert probe(nb)["warm"] is False
+    assert warm.served(server)["cold"] == refused + 1
+    assert "OMP_NUM_THREADS" in warm.served(server)["cold_reasons"][-1]
     assert nb.cells[1].outputs[0]["text"].strip() == os.environ["OMP_NUM_THREADS"]
 
 
