@@ -67,6 +67,16 @@ def _cold_argv(args: List[str]) -> List[str]:
     return [sys.executable, "-m", "ipykernel_launcher", *args]
 
 
+def _signal_kernel(pid: int, signum: int) -> None:
+    """Signal a forked kernel and its subprocesses (it leads its own process group, once it has run
+    setsid; until then only the kernel itself exists)."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
 # ----------------------------------------------------------------------------- launcher (kernelspec argv)
 def launch(args: List[str]) -> None:
     """Become a kernel: a fork of the server if one answers, else (``exec``) a cold ipykernel."""
@@ -90,9 +100,8 @@ def launch(args: List[str]) -> None:
         os.execv(sys.executable, _cold_argv(args))
     pid = int(answer[1])
 
-    def forward(signum, frame):  # the kernel leads its own process group (its subprocesses get it too)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signum)
+    def forward(signum, frame):
+        _signal_kernel(pid, signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, forward)
@@ -122,8 +131,9 @@ def _become_kernel(request: dict, fds: List[int]) -> None:
     try:
         os.setsid()
         for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-            os.close(fd)
+            if fd != target:
+                os.dup2(fd, target)
+                os.close(fd)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD):
             signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
         os.chdir(request["cwd"])
@@ -179,6 +189,7 @@ def serve(path: str, ready_fd: Optional[int] = None) -> None:
 
     def record(line: str) -> None:
         log.write(f"{line}\n")
+
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
@@ -246,11 +257,9 @@ def serve(path: str, ready_fd: Optional[int] = None) -> None:
             elif kind == "launcher":  # the launcher went away (killed): the kernel goes too
                 child = children[pid]
                 sel.unregister(child["conn"])
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)  # not yet reaped, so the pid cannot be someone else's
+                _signal_kernel(pid, signal.SIGKILL)  # not yet reaped, so the pid cannot be someone else's
     for pid in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        _signal_kernel(pid, signal.SIGKILL)
     listener.close()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
