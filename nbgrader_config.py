@@ -26,26 +26,27 @@ c.CourseDirectory.db_url = os.environ.get("NBGRADER_DB_URL", "sqlite:///" + os.p
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.csv"]
 
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
-# Autograding runs every notebook on the `dlcv-autograde` kernel (grading/warm.py): the .venv's
-# python3 kernel, forked from a process that has already imported torch when a kernel server runs
-# (`python -m grading autograde` and the tests start one), an ordinary cold start otherwise. Every
-# notebook still gets a process of its own.
-from grading import warm  # noqa: E402
+# Trusted grading (grading/trusted.py, threat model in README.md): every notebook runs in a sandboxed
+# kernel (grading/sandbox.py: bubblewrap, uid nobody, no network, no view of the course's files, limits)
+# and each test cell's verdict is decided by the assignment's trusted tests (grading/hidden/<a>.py) in
+# this process; the student's code only answers calls. TrustedExecute takes the place of Execute.
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern,  # noqa: E402
+                                    LimitOutput, SaveAutoGrades)
+from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
 
-if warm.SUPPORTED:  # Linux; elsewhere the ordinary kernel
-    os.environ.update(warm.kernelspec_env())  # where jupyter_client finds that kernelspec
-    c.Execute.kernel_name = warm.KERNEL_NAME
-else:
-    c.Execute.kernel_name = "python3"
+from grading.trusted import TrustedExecute  # noqa: E402
+
+c.Autograde.autograde_preprocessors = [TrustedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+                                       SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
 # Per-cell limit: an endless loop costs its test cell, not the whole submission.
-c.Execute.timeout = int(os.environ.get("NBGRADER_CELL_TIMEOUT", "120"))
-c.Execute.interrupt_on_timeout = True
+c.TrustedExecute.timeout = int(os.environ.get("NBGRADER_CELL_TIMEOUT", "120"))
+c.TrustedExecute.interrupt_on_timeout = True
 # After an interrupt the kernel may need a moment to flush its output; without this slack a slow
 # machine turns one timed-out cell into a failed submission.
-c.Execute.iopub_timeout = 20
+c.TrustedExecute.iopub_timeout = 20
 # Once the last cell has run, every output is in the notebook: stop the kernel at once. A "graceful"
 # shutdown of a kernel that imported torch waits about 2 s, on every graded notebook.
-c.Execute.shutdown_kernel = "immediate"
+c.TrustedExecute.shutdown_kernel = "immediate"
 
 # Feedback shows which case failed and why, but not the hidden tests' code (nbgrader issue #917).
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402

@@ -5,6 +5,7 @@
     python -m grading autograde DIR                  grade DIR/<student>/<assignment>/*.ipynb (make autograde)
     python -m grading check ASSIGNMENT [--keep DIR]  grade the solution, the blank release and every wrong
                                                      submission in a scratch course; print who lost what
+    python -m grading student-edition DEST           write the student edition (a new git repository) into DEST
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import pipeline, submissions, warm
+from . import pipeline, submissions
 from .paths import REPO, assignment_names, release_notebook
 
 
@@ -27,8 +28,7 @@ def check(assignment: str, keep: str | None = None) -> int:
     manifest = submissions.load_manifest(assignment)
     for bug, nb in submissions.wrong_submissions(assignment).items():
         course.submit(bug, assignment, nb)
-    with warm.kernel_server():
-        seconds = course.autograde(assignment)
+    seconds = course.autograde(assignment)
     scores = course.scores(assignment)
     print(pipeline.summary(scores, assignment))
     print(f"\n{len(scores)} submissions in {seconds:.0f} s; course folder: {root}")
@@ -57,9 +57,12 @@ def main() -> int:
     p = sub.add_parser("autograde")
     p.add_argument("folder")
     p.add_argument("--root", default=str(REPO), help="course folder (default: the repo)")
+    p.add_argument("--jobs", type=int, default=1, help="nbgrader processes grading at once")
     p = sub.add_parser("check")
     p.add_argument("assignment")
     p.add_argument("--keep", help="course folder to use (kept afterwards)")
+    p = sub.add_parser("student-edition", help="write the student edition (a new git repository) into DEST")
+    p.add_argument("dest")
     args = parser.parse_args()
 
     if args.command == "release":
@@ -69,9 +72,12 @@ def main() -> int:
             for path in submissions.write_wrong_submissions(a):
                 print(f"wrote {path}")
     elif args.command == "autograde":
-        pipeline.autograde_folder(Path(args.folder), Path(args.root))
+        pipeline.autograde_folder(Path(args.folder), Path(args.root), jobs=args.jobs)
     elif args.command == "check":
         return check(args.assignment, args.keep)
+    elif args.command == "student-edition":
+        from . import edition
+        print(f"wrote the student edition to {edition.build(Path(args.dest))}")
     return 0
 
 

@@ -9,18 +9,21 @@ is tested is exactly what instructors run.
 """
 from __future__ import annotations
 
+import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional
 
 import nbformat
 
-from . import warm
 from .paths import ASSIGNMENTS, REPO, SOLUTIONS
 
 
@@ -82,7 +85,7 @@ class Course:
             f"c.CourseDirectory.db_url = {'sqlite:///' + str(self.root / 'gradebook.db')!r}",
         ]
         if cell_timeout is not None:
-            lines.append(f"c.Execute.timeout = {int(cell_timeout)}")
+            lines.append(f"c.TrustedExecute.timeout = {int(cell_timeout)}")
         (self.root / "nbgrader_config.py").write_text("\n".join(lines) + "\n")
         self.db_url = f"sqlite:///{self.root / 'gradebook.db'}"
 
@@ -156,17 +159,64 @@ def summary(scores: Mapping[str, Score], assignment: str) -> str:
     return "\n".join(lines)
 
 
-def autograde_folder(submissions: Path, root: Path = REPO) -> Dict[str, Dict[str, Score]]:
-    """``make autograde SUBMISSIONS=<dir>``: grade ``<dir>/<student>/<assignment>/*.ipynb``.
+def _copy_regular_files(source: Path, dest: Path, limit: int = 50 << 20) -> None:
+    """Copy a submission folder without symlinks, devices or more than ``limit`` bytes: what nbgrader
+    reads of a student's hand-in is plain files inside the course."""
+    total = 0
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.rglob("*")):
+        if path.is_symlink() or not path.is_file() or any(part.startswith(".") for part in path.relative_to(source).parts):
+            continue
+        total += path.stat().st_size
+        if total > limit:
+            break
+        target = dest / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target, follow_symlinks=False)
 
-    Runs in the course at ``root`` (the repo by default; its gradebook.db, autograded/, feedback/ and
-    grades.csv) and prints :func:`summary` per assignment. Re-grading uses ``--force``; grades of other
-    students and assignments stay in the gradebook.
+
+def _failed_students(log: str) -> Dict[str, str]:
+    """student -> reason, from nbgrader's log of one autograde run."""
+    failed: Dict[str, str] = {}
+    reason = "nbgrader could not process the notebook"
+    for line in log.splitlines():
+        text = line.strip()
+        if text.startswith(("RuntimeError:", "ValueError:", "NotJSONError", "nbformat.reader.NotJSONError",
+                            "json.decoder.JSONDecodeError", "KeyError:", "OSError:", "sqlalchemy", "nbformat.validator")):
+            reason = text[:300]
+        match = re.search(r"error processing assignment '[^']+' for student '([^']+)'", text)
+        if match:
+            failed[match.group(1)] = reason
+            reason = "nbgrader could not process the notebook"
+    return failed
+
+
+def _grade_part(assignment: str, inbox: Path, root: Path) -> subprocess.CompletedProcess:
+    return nbgrader(["autograde", assignment, "--force", f"--CourseDirectory.submitted_directory={inbox}"],
+                    cwd=root, check=False)
+
+
+def autograde_folder(submissions: Path, root: Path = REPO, jobs: int = 1) -> Dict[str, Dict[str, Score]]:
+    """``make autograde SUBMISSIONS=<dir> [JOBS=n]``: grade ``<dir>/<student>/<assignment>/*.ipynb``.
+
+    Runs in the course at ``root`` (the repo by default; its gradebook, autograded/, feedback/ and
+    grades.csv) and prints :func:`summary` per assignment. Every notebook is executed in its own
+    sandboxed kernel and judged by the trusted tests (:mod:`grading.trusted`). A submission that
+    cannot be graded (not a notebook, a kernel that never started, ...) gets 0 and is listed with
+    the reason in ``ungradable.csv``; everything else is graded and exported whatever one
+    submission does. ``review.csv`` lists suspicious code for the instructor to read
+    (:mod:`grading.review`; flags never change a score). ``jobs`` nbgrader processes share the work.
     """
+    from . import review, sandbox
+
     submissions, root = Path(submissions).resolve(), Path(root).resolve()
     if not submissions.is_dir():
         raise SystemExit(f"no such folder: {submissions}")
-    assignments = sorted({p.name for p in submissions.glob("*/*") if p.is_dir()})
+    if not sandbox.available() and not sandbox.unsandboxed_allowed():
+        raise SystemExit("refusing to grade: the sandbox needs Linux with bubblewrap, setpriv and prlimit "
+                         "(Debian: apt-get install bubblewrap util-linux). To grade WITHOUT a sandbox on a "
+                         "machine you can afford to lose, set DLCV_UNSANDBOXED=1.")
+    assignments = sorted({p.name for p in submissions.glob("*/*") if p.is_dir() and not p.is_symlink()})
     known = {p.name for p in SOLUTIONS.iterdir() if p.is_dir()}
     unknown = sorted(set(assignments) - known)
     if unknown:
@@ -175,22 +225,67 @@ def autograde_folder(submissions: Path, root: Path = REPO) -> Dict[str, Dict[str
         db_url = os.environ.get("NBGRADER_DB_URL", f"sqlite:///{REPO / 'gradebook.db'}")
     else:
         db_url = f"sqlite:///{root / 'gradebook.db'}"
-    where = [f"--CourseDirectory.submitted_directory={submissions}"]
-    scratch = root / "autograded" / ".release"
-    results = {}
-    with warm.kernel_server():  # each graded notebook's kernel starts with torch imported (grading/warm.py)
+    work = Path(tempfile.mkdtemp(prefix="autograde-", dir=root))
+    scratch = work / "release"
+    results: Dict[str, Dict[str, Score]] = {}
+    ungradable: List[tuple] = []
+    flags: List[review.Flag] = []
+    try:
         for assignment in assignments:
             # records the assignment (cells, checksums, points) in the gradebook without touching assignments/
-            nbgrader(["generate_assignment", assignment, "--force", f"--CourseDirectory.release_directory={scratch}"], cwd=root)
-            n = len(list(submissions.glob(f"*/{assignment}")))
+            nbgrader(["generate_assignment", assignment, "--force", f"--CourseDirectory.release_directory={scratch}"],
+                     cwd=root)
+            students = sorted(p.parent.name for p in submissions.glob(f"*/{assignment}")
+                              if p.is_dir() and not p.is_symlink() and re.fullmatch(r"[A-Za-z0-9_.@+-]+", p.parent.name))
+            parts = [students[k::max(1, jobs)] for k in range(max(1, jobs))]
+            inboxes = []
+            for k, part in enumerate(parts):
+                inbox = work / f"inbox-{assignment}-{k}"
+                for student in part:
+                    _copy_regular_files(submissions / student / assignment, inbox / student / assignment)
+                    flags += review.scan_folder(inbox / student / assignment, student, assignment)
+                inboxes.append(inbox)
             start = time.perf_counter()
-            nbgrader(["autograde", assignment, "--force", *where], cwd=root)
+            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+                runs = list(pool.map(lambda inbox: _grade_part(assignment, inbox, root), [i for i in inboxes if i.exists()]))
+            failed: Dict[str, str] = {}
+            for run in runs:
+                failed.update(_failed_students(run.stdout + "\n" + run.stderr))
+            locked = [s for s, why in failed.items() if "locked" in why]
+            for student in locked:  # sqlite under concurrent writers: grade those again, alone
+                inbox = work / f"retry-{assignment}-{student}"
+                _copy_regular_files(submissions / student / assignment, inbox / student / assignment)
+                run = _grade_part(assignment, inbox, root)
+                failed.pop(student)
+                failed.update(_failed_students(run.stdout + "\n" + run.stderr))
             seconds = time.perf_counter() - start
-            nbgrader(["generate_feedback", assignment, "--force", *where], cwd=root)
+            for student in students:
+                if not (root / "autograded" / student / assignment / f"{assignment}.ipynb").exists():
+                    failed.setdefault(student, "no autograded notebook was produced")
+            for student, why in sorted(failed.items()):
+                ungradable.append((student, assignment, why))
+            for inbox in inboxes:
+                if inbox.exists():
+                    nbgrader(["generate_feedback", assignment, "--force",
+                              f"--CourseDirectory.submitted_directory={inbox}"], cwd=root, check=False)
             results[assignment] = read_scores(db_url, assignment, assignment)
             print(summary(results[assignment], assignment))
-            print(f"autograded {n} submission(s) in {seconds:.0f} s ({seconds / max(n, 1):.1f} s each)\n")
-    shutil.rmtree(scratch, ignore_errors=True)
-    nbgrader(["export", "--to=grades.csv"], cwd=root)
-    print(f"scores: {root / 'grades.csv'}; feedback: {root / 'feedback'}")
+            print(f"autograded {len(students)} submission(s) in {seconds:.0f} s "
+                  f"({seconds / max(len(students), 1):.1f} s each, {max(1, jobs)} worker(s))\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    export = nbgrader(["export", "--to=grades.csv"], cwd=root, check=False)
+    if export.returncode != 0:
+        print(f"WARNING: nbgrader export failed:\n{export.stderr[-2000:]}")
+    with open(root / "ungradable.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["student", "assignment", "reason"])
+        writer.writerows(ungradable)
+    review.write_csv(flags, root / "review.csv")
+    if ungradable:
+        print(f"could not grade {len(ungradable)} submission(s); they score 0 (reasons in {root / 'ungradable.csv'}):")
+        for student, assignment, why in ungradable:
+            print(f"  {student}/{assignment}: {why}")
+    print(review.summary(flags))
+    print(f"scores: {root / 'grades.csv'}; feedback: {root / 'feedback'}; review list: {root / 'review.csv'}")
     return results

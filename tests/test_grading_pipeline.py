@@ -26,7 +26,7 @@ from typing import Dict, Optional
 import nbformat
 import pytest
 
-from grading import pipeline, submissions, warm
+from grading import pipeline, submissions
 from grading.submissions import nbgrader_meta
 from grading.paths import REPO, assignment_names
 
@@ -191,7 +191,6 @@ def _make_autograde(root: Path) -> dict:
 
 
 MAKE_AUTOGRADE: dict = {}  # filled by the `graded` fixture, read by the make-autograde test
-KERNELS: dict = {}  # the kernel server's counts of forked ("warm") and refused ("cold") kernels
 
 
 @pytest.fixture(scope="session")
@@ -200,13 +199,10 @@ def graded(tmp_path_factory) -> Dict[str, Graded]:
     units = _units()
     roots = [tmp_path_factory.mktemp(f"{u.assignment}_{u.part}") for u in units]  # here, not in the threads
     cli_root = tmp_path_factory.mktemp("make_autograde")
-    # one kernel server for every nbgrader run (the make-autograde CLI run finds it through the environment)
-    with warm.kernel_server() as server, ThreadPoolExecutor(max_workers=JOBS) as pool:
-        assert server or not warm.SUPPORTED, "the kernel server did not start: grading would be correct but slow"
+    with ThreadPoolExecutor(max_workers=JOBS) as pool:
         cli = pool.submit(_make_autograde, cli_root)  # first: one short job beside the endless loop
         done = list(pool.map(_run, units, roots))
         MAKE_AUTOGRADE.update(cli.result())
-        KERNELS.update(warm.served(server) if server else {}, notebooks=sum(len(u.students) for u in units))
     results = {a: Graded() for a in ASSIGNMENTS}
     work = {a: [0.0, 0] for a in ASSIGNMENTS}
     for out in done:
@@ -257,7 +253,9 @@ def test_blank_release_scores_zero_and_every_cell_runs(graded, assignment):
     assert all(c.get("execution_count") for c in code), "some cells of the blank release never ran"
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert errors and all(o.ename != "CellTimeoutError" for o in errors)
-    assert any(o.ename == "NotImplementedError" for o in errors)
+    verdicts = [o for c in code if nbgrader_meta(c).get("grade") for o in c.outputs if o.output_type == "error"]
+    assert verdicts and all("NotImplementedError" in o.evalue for o in verdicts), \
+        "every test's verdict should say the stub is not implemented"
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
@@ -325,10 +323,10 @@ def test_correct_code_with_a_torch_warning_keeps_full_marks(graded, assignment):
     assert score.total == score.max_total, _describe(score)
     nb = graded[assignment].autograded("stray_utils_and_warning", assignment)
     graded_cells = [c for c in nb.cells if nbgrader_meta(c).get("grade")]
+    # a test cell's outputs are the trusted verdict: what the student's code prints never reaches them
     streams = [o for c in graded_cells for o in c.outputs if o.output_type == "stream"]
-    assert any("copy construct" in o.text for o in streams if o.name == "stdout"), \
-        "the warning should have been printed (to stdout) inside a test cell"
     assert not any(o.name == "stderr" for o in streams)
+    assert all("passed" in o.text for o in streams), [o.text for o in streams]
 
 
 @pytest.mark.parametrize("assignment", LOOP_ASSIGNMENTS)
@@ -337,9 +335,9 @@ def test_endless_loop_costs_only_its_tests(graded, assignment):
     loop = g.loop
     assert 0 < loop.total < loop.max_total, f"endless loop: {_describe(loop)}"
     nb = g.autograded("endless_loop", assignment)
-    timed_out = [c for c in nb.cells if any(o.output_type == "error" and o.ename in ("CellTimeoutError", "KeyboardInterrupt")
+    timed_out = [c for c in nb.cells if any(o.output_type == "error" and "did not finish within" in o.evalue
                                             for o in c.get("outputs", []))]
-    assert timed_out, "no cell was interrupted by the timeout"
+    assert timed_out, "no test reports the call that did not finish"
 
 
 # ----------------------------------------------------------------------------- 6: re-grading
@@ -359,6 +357,7 @@ def _hidden_lines(assignment: str):
     the solution code a student writes)."""
     hidden, _ = submissions.region_lines(nbformat.read(REPO / "solutions" / assignment / f"{assignment}.ipynb",
                                                        as_version=4), kinds=("HIDDEN TESTS",))
+    hidden += [line.strip() for line in (REPO / "grading" / "hidden" / f"{assignment}.py").read_text().split("\n")]
     student = submissions.student_notebook(assignment)
     visible = {line.strip() for cell in student.cells for line in cell.source.split("\n")}
     return [line for line in hidden if len(line) > 30 and line not in visible]
@@ -387,14 +386,6 @@ def test_feedback_explains_failures_without_revealing_hidden_tests(graded, assig
 
 
 # ----------------------------------------------------------------------------- time budget, CLI
-def test_every_graded_notebook_ran_on_a_pre_warmed_kernel(graded):
-    """Correct either way, but a cold kernel costs 3-5 s: an environment mismatch must not go unnoticed."""
-    if not warm.SUPPORTED:
-        pytest.skip("pre-warmed kernels are Linux-only")
-    assert KERNELS["cold"] == 0, f"{KERNELS['cold']} kernels started cold: {KERNELS['cold_reasons'][:3]}"
-    assert KERNELS["warm"] >= KERNELS["notebooks"], KERNELS
-
-
 def test_autograding_time_per_submission(graded):
     for assignment, g in graded.items():
         print(f"{assignment}: {g.seconds['per_submission']:.1f} s per submission")
@@ -412,3 +403,4 @@ def test_make_autograde_grades_a_folder_exports_and_summarises(graded):
     assert (course.root / "feedback" / "alice" / assignment / f"{assignment}.html").exists()
     dry = subprocess.run(["make", "-n", "autograde", f"SUBMISSIONS={folder}"], cwd=REPO, capture_output=True, text=True)
     assert f"-m grading autograde \"{folder}\"" in dry.stdout
+    assert (course.root / "ungradable.csv").exists() and (course.root / "review.csv").exists()

@@ -1,0 +1,270 @@
+"""The kernel side of trusted grading: runs the student's functions on request, returns their results as data.
+
+This file is *not imported* by the grader. Its source is sent to every graded kernel before the first
+cell runs (so it holds references to torch taken before any student code), and it needs nothing but
+the standard library and torch. Everything here runs inside the student's process, so nothing here
+decides a grade: the agent only calls what the grader asks for and hands back what the student's code
+returned, as tensors and plain containers in a file that the grader reads with
+``torch.load(weights_only=True)``. A student who rewrites the agent can only change the data the
+grader receives, which is no more than writing a different function.
+
+Protocol (one request, one response, both ``torch.save`` files)::
+
+    request  {"op": "call" | "call_method" | "get" | "getattr" | "exec" | "release",
+              "name": str, "handle": int, "method": str, "args": list, "kwargs": dict, "code": str,
+              "forbid_ops": [str], "forbid_python": [str], "no_autograd": bool}
+    response {"ok": True, "value": <encoded>, "violations": [str]}
+           | {"ok": False, "error_type": str, "message": str, "traceback": str, "violations": [str]}
+
+Encoded values are tensors, numbers, strings, None and lists/tuples/dicts of them; anything else
+(a module, a function, a custom object) stays in the kernel and travels as ``{"__handle__": id}``.
+"""
+import fnmatch
+import importlib
+import sys
+import traceback
+import types
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+_save = torch.save
+_load = torch.load
+_Tensor = torch.Tensor
+_current_autograd_node = torch._C._current_autograd_node
+_MAX_TEXT = 20_000
+_AGENT_FILE = "<grading-agent>"
+
+
+class ForbiddenFunctionError(RuntimeError):
+    """Raised when graded code calls a function the assignment asks the student to write."""
+
+
+class _Guard(TorchDispatchMode):
+    """Sees every operator that reaches torch's dispatcher, however it was called (a captured reference,
+    ``torch.ops.*``, a private namespace): records and refuses the forbidden ones."""
+
+    def __init__(self, patterns, no_autograd, violations):
+        super().__init__()
+        self.patterns = list(patterns)
+        self.no_autograd = no_autograd
+        self.violations = violations
+
+    def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+        name = func.name()                       # "aten::convolution", "torchvision::nms"
+        base = name.split(".")[0]
+        for pattern in self.patterns:
+            if fnmatch.fnmatchcase(base, pattern):
+                self.violations.append(f"the operator {base}")
+                raise ForbiddenFunctionError(
+                    f"{base} is not allowed in this exercise: the point is to implement it yourself.")
+        if self.no_autograd and _current_autograd_node() is not None:
+            self.violations.append("autograd (a backward pass computed by torch)")
+            raise ForbiddenFunctionError(
+                "autograd is not allowed here: this exercise asks for the backward pass written by hand.")
+        return func(*args, **(kwargs or {}))
+
+
+def _resolve(path):
+    """``"torchvision.ops.box_iou"`` -> the object it names (or None when it does not exist)."""
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return None
+        return obj
+    return None
+
+
+def _code_objects(obj):
+    """The code objects of a Python function, or of every method of a class."""
+    found = set()
+    if isinstance(obj, type):
+        for klass in obj.__mro__:
+            if klass.__module__.startswith(("torch", "torchvision")) and klass not in (torch.nn.Module,):
+                for value in vars(klass).values():
+                    found |= _code_objects(value)
+        return found
+    func = getattr(obj, "__func__", obj)
+    func = getattr(func, "__wrapped__", func)
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        found.add(code)
+    return found
+
+
+class _PythonGuard:
+    """Records calls of forbidden Python-level library functions, by code object (a captured reference
+    or an alias is the same code object), and of forbidden builtins, by identity."""
+
+    def __init__(self, paths, no_autograd, violations):
+        self.violations = violations
+        self.codes = {}
+        self.builtins = {}
+        if no_autograd:
+            paths = list(paths) + ["torch.autograd.backward", "torch.autograd.grad", "torch.Tensor.backward"]
+        for path in paths:
+            obj = _resolve(path)
+            if obj is None:
+                continue
+            for code in _code_objects(obj):
+                self.codes[code] = path
+            if not _code_objects(obj):
+                self.builtins[id(obj)] = path
+        self.active = bool(self.codes or self.builtins)
+
+    def __call__(self, frame, event, arg):
+        if event == "call":
+            path = self.codes.get(frame.f_code)
+        elif event == "c_call":
+            path = self.builtins.get(id(arg))
+        else:
+            return
+        if path is not None and path not in self.violations:
+            self.violations.append(path)
+
+    def __enter__(self):
+        if self.active:
+            self._previous = sys.getprofile()
+            sys.setprofile(self)
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            sys.setprofile(self._previous)
+        return False
+
+
+def _student_traceback(exc):
+    """The student's own frames and the error line; no agent or library internals."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename != _AGENT_FILE and "site-packages" not in f.filename]
+    lines = []
+    for f in frames[-8:]:
+        where = "your code" if ("ipykernel_" in f.filename or f.filename.startswith("<ipython")) else f.filename
+        lines.append(f"  in {f.name} ({where}, line {f.lineno}): {(f.line or '').strip()}")
+    lines.append(f"{type(exc).__name__}: {exc}")
+    return "\n".join(lines)[-_MAX_TEXT:]
+
+
+class Agent:
+    """Serves the grader's requests inside the kernel; ``namespace`` is the notebook's globals."""
+
+    def __init__(self, namespace):
+        self.ns = namespace
+        self.objects = {}
+        self.next_id = 1
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, value, depth=0):
+        if depth > 20:
+            raise ValueError("the result is nested too deeply")
+        if value is None or isinstance(value, (bool, int, float, complex)):
+            return value
+        if isinstance(value, str):
+            return value[:_MAX_TEXT]
+        if isinstance(value, _Tensor):
+            tensor = value.detach()
+            if tensor.layout != torch.strided:
+                tensor = tensor.to_dense()
+            return {"__tensor__": tensor.cpu().clone(), "requires_grad": bool(value.requires_grad),
+                    "device": str(value.device)}
+        if isinstance(value, torch.dtype):
+            return {"__dtype__": str(value).replace("torch.", "")}
+        if isinstance(value, torch.device):
+            return {"__device__": str(value)}
+        if isinstance(value, torch.Size):
+            return tuple(int(v) for v in value)
+        if type(value).__module__ == "numpy":
+            import numpy
+            if isinstance(value, numpy.ndarray):
+                return {"__numpy__": torch.from_numpy(numpy.ascontiguousarray(value)).clone()}
+            if isinstance(value, numpy.generic):
+                return value.item()
+        if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+            items = [self.encode(v, depth + 1) for v in value]
+            return items if isinstance(value, list) else tuple(items)
+        if isinstance(value, dict) and all(isinstance(k, (str, int)) for k in value):
+            return {"__dict__": [(k, self.encode(v, depth + 1)) for k, v in value.items()]}
+        handle = self.next_id
+        self.next_id += 1
+        self.objects[handle] = value
+        return {"__handle__": handle, "type": type(value).__name__[:200]}
+
+    def decode(self, value):
+        if isinstance(value, dict):
+            if "__handle__" in value:
+                return self.objects[value["__handle__"]]
+            if "__tensor__" in value:
+                return value["__tensor__"].requires_grad_(bool(value.get("requires_grad")))
+            if "__dtype__" in value:
+                return getattr(torch, value["__dtype__"])
+            if "__device__" in value:
+                return torch.device(value["__device__"])
+            if "__dict__" in value:
+                return {k: self.decode(v) for k, v in value["__dict__"]}
+            return {k: self.decode(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.decode(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(self.decode(v) for v in value)
+        return value
+
+    # ------------------------------------------------------------------ requests
+    def _run(self, request):
+        op = request["op"]
+        args = self.decode(request.get("args", []))
+        kwargs = self.decode(request.get("kwargs", {}))
+        if op in ("call", "get") and request["name"] not in self.ns:
+            raise NameError(f"your notebook does not define {request['name']!r} (did a cell fail to run?)")
+        if op == "call":
+            return self.ns[request["name"]](*args, **kwargs)
+        if op == "get":
+            return self.ns[request["name"]]
+        if op == "call_method":
+            return getattr(self.objects[request["handle"]], request["method"])(*args, **kwargs)
+        if op == "getattr":
+            return getattr(self.objects[request["handle"]], request["method"])
+        if op == "exec":
+            scope = dict(self.ns)
+            scope.update(kwargs)
+            exec(compile(request["code"], _AGENT_FILE, "exec"), scope)
+            return scope.get("result")
+        if op == "release":
+            self.objects.clear()
+            return None
+        raise ValueError(f"unknown request {op!r}")
+
+    def serve(self, request_path, response_path):
+        """Answer one request; never raises (every failure is reported in the response)."""
+        violations = []
+        try:
+            request = _load(request_path, weights_only=True)
+            guard = _Guard(request.get("forbid_ops", ()), request.get("no_autograd", False), violations)
+            python_guard = _PythonGuard(request.get("forbid_python", ()), request.get("no_autograd", False),
+                                        violations)
+            with python_guard, guard:
+                value = self._run(request)
+            response = {"ok": True, "value": self.encode(value), "violations": violations}
+        except BaseException as exc:  # noqa: BLE001 - everything the student's code raises is reported
+            response = {"ok": False, "error_type": type(exc).__name__[:200], "message": str(exc)[:_MAX_TEXT],
+                        "traceback": _student_traceback(exc), "violations": violations}
+        try:
+            _save(response, response_path)
+        except BaseException as exc:  # noqa: BLE001 - e.g. a result that cannot be saved
+            _save({"ok": False, "error_type": type(exc).__name__, "message": f"could not send the result: {exc}"[:_MAX_TEXT],
+                   "traceback": "", "violations": violations}, response_path)
+
+
+def install(namespace):
+    """Called once in a fresh kernel: keep the agent where ``sys.modules`` finds it."""
+    module = types.ModuleType("_grading_agent")
+    module.agent = Agent(namespace)
+    sys.modules["_grading_agent"] = module
+    return module.agent

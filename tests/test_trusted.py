@@ -1,0 +1,178 @@
+"""Unit tests of trusted grading's parts: the agent's guard, the data boundary, the review list, the sandbox's command.
+
+The agent is exercised in this process (its source is what every graded kernel receives); the full path
+through nbgrader and bubblewrap is tested by tests/test_grading_pipeline.py and tests/test_redteam.py.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import types
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from grading import review, sandbox, trusted
+
+
+def _agent(namespace: dict):
+    module = types.ModuleType("agent_under_test")
+    exec(compile(trusted.AGENT_SOURCE, "<grading-agent>", "exec"), module.__dict__)
+    return module.Agent(namespace)
+
+
+def _student(namespace: dict, tmp_path, forbid=None) -> trusted.Student:
+    agent = _agent(namespace)
+    counter = [0]
+
+    def transport(request, timeout):
+        counter[0] += 1
+        req, resp = tmp_path / f"req{counter[0]}.pt", tmp_path / f"resp{counter[0]}.pt"
+        torch.save(request, req)
+        agent.serve(str(req), str(resp))
+        return trusted.read_response(str(resp))
+    return trusted.Student(transport, lambda: 0.0, default_forbid=forbid)
+
+
+def test_results_cross_as_data_and_objects_stay_behind(tmp_path):
+    ns: dict = {}
+    exec("import torch\n"
+         "def f(x, k=2):\n    return {'y': x * k, 'shape': x.shape, 'dtype': x.dtype, 'items': [1, 2.5, None, 'a']}\n"
+         "class Box:\n    def __init__(self, v): self.v = v\n    def double(self): return self.v * 2\n", ns)
+    s = _student(ns, tmp_path)
+    out = s.call("f", torch.arange(3.0), k=3)
+    assert torch.equal(out["y"], torch.tensor([0.0, 3.0, 6.0]))
+    assert out["shape"] == (3,) and out["dtype"] is torch.float32 and out["items"] == [1, 2.5, None, "a"]
+    box = s.call("Box", torch.tensor(4.0))
+    assert isinstance(box, trusted.Remote)
+    assert box.call("double").item() == 8.0 and box.get("v").item() == 4.0
+    assert s.exec("result = b.v + 1", b=box).item() == 5.0
+
+
+def test_student_errors_report_the_call_and_the_students_frames(tmp_path):
+    ns: dict = {}
+    cell = tmp_path / "ipykernel_1" / "cell.py"   # where IPython keeps a cell's source
+    cell.parent.mkdir()
+    cell.write_text("def f(x):\n    return x @ x\n")
+    exec(compile(cell.read_text(), str(cell), "exec"), ns)
+    s = _student(ns, tmp_path)
+    with pytest.raises(trusted.StudentError) as info:
+        s.call("f", torch.zeros(2, 3))
+    text = str(info.value)
+    assert "f(Tensor[2, 3] float32) raised RuntimeError" in text and "x @ x" in text
+    assert "<grading-agent>" not in text
+    with pytest.raises(trusted.StudentError, match="does not define 'g'"):
+        s.call("g")
+
+
+@pytest.mark.parametrize("route", [
+    "F.conv2d(x, w)",                                 # the public name
+    "_captured(x, w)",                                # a reference taken before the test
+    "torch.ops.aten.convolution(x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)",  # the operator
+    "torch._C._nn.slow_conv3d(x[:, :, None], w[:, :, None], [1, 1, 1]) if False else torch.conv2d(x, w)",
+])
+def test_a_forbidden_operator_is_refused_however_it_is_reached(tmp_path, route):
+    ns: dict = {}
+    exec(f"import torch\nimport torch.nn.functional as F\n_captured = F.conv2d\ndef conv(x, w):\n    return {route}\n", ns)
+    s = _student(ns, tmp_path)
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    assert torch.allclose(s.call("conv", x, w), F.conv2d(x, w), atol=1e-5)     # allowed outside forbid
+    with s.forbid(ops=["aten::*convolution*", "aten::conv*"]):
+        with pytest.raises(trusted.ForbiddenUse, match="convolution|conv"):
+            s.call("conv", x, w)
+
+
+def test_a_forbidden_python_function_is_seen_through_an_alias_and_a_swallowed_error(tmp_path):
+    ns: dict = {}
+    exec("import torchvision\n_iou = torchvision.ops.box_iou\n"
+         "def iou(a, b):\n    try:\n        return _iou(a, b)\n    except Exception:\n        return _iou(a, b)\n", ns)
+    s = _student(ns, tmp_path)
+    boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+    with s.forbid(python=["torchvision.ops.box_iou"]):
+        with pytest.raises(trusted.ForbiddenUse, match="torchvision.ops.box_iou"):
+            s.call("iou", boxes, boxes)
+    assert s.call("iou", boxes, boxes).item() == 1.0
+
+
+def test_autograd_is_refused_where_a_hand_written_backward_is_asked(tmp_path):
+    ns: dict = {}
+    exec("import torch\n"
+         "def backward_by_autograd(x, g):\n    x = x.clone().requires_grad_(True)\n"
+         "    (x.tanh() * g).sum().backward()\n    return x.grad\n"
+         "def backward_by_hand(x, g):\n    return g * (1 - x.tanh() ** 2)\n", ns)
+    s = _student(ns, tmp_path)
+    x, g = torch.randn(5), torch.randn(5)
+    with s.forbid(autograd=True):
+        with pytest.raises(trusted.ForbiddenUse, match="autograd"):
+            s.call("backward_by_autograd", x, g)
+        assert torch.allclose(s.call("backward_by_hand", x, g), g * (1 - x.tanh() ** 2))
+
+
+def test_the_nms_operator_is_refused_through_torch_ops(tmp_path):
+    ns: dict = {}
+    exec("import torch, torchvision\n_op = torch.ops.torchvision.nms\ndef nms(b, s, t):\n    return _op(b, s, t)\n", ns)
+    s = _student(ns, tmp_path, forbid=dict(ops=["torchvision::nms"]))
+    boxes, scores = torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([1.0])
+    with pytest.raises(trusted.ForbiddenUse, match="torchvision::nms"):
+        s.call("nms", boxes, scores, 0.5)
+    assert torchvision.ops.nms(boxes, scores, 0.5).tolist() == [0]  # the grader's own copy is untouched
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_the_grader_reads_only_plain_data(tmp_path):
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"ok": True, "value": _Evil()}))
+    with pytest.raises(trusted.KernelFailure, match="not plain data"):
+        trusted.read_response(str(evil))
+    link = tmp_path / "link.pt"
+    link.symlink_to(tmp_path / "elsewhere.pt")
+    torch.save({"ok": True, "value": 1}, tmp_path / "elsewhere.pt")
+    with pytest.raises(trusted.KernelFailure, match="cannot be read"):
+        trusted.read_response(str(link))
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(trusted.KernelFailure, match="regular file"):
+        trusted.read_response(str(fifo))
+    big = tmp_path / "big.pt"
+    torch.save({"ok": True, "value": torch.zeros(1000)}, big)
+    with pytest.raises(trusted.KernelFailure, match="MB"):
+        trusted.read_response(str(big), limit=100)
+    assert trusted.read_response(str(tmp_path / "elsewhere.pt")) == {"ok": True, "value": 1}
+
+
+def test_the_sandbox_command_hides_the_course_and_drops_privileges(tmp_path):
+    config = {"scratch": str(tmp_path / "s"), "inbox": str(tmp_path / "i"), "ipc": str(tmp_path / "p"), "uid": 201234}
+    argv = sandbox.bwrap_argv(config, ["python", "-m", "ipykernel_launcher"])
+    joined = " ".join(argv)
+    for flag in ("--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session"):
+        assert flag in argv
+    bound = [argv[i + 1] for i, a in enumerate(argv) if a in ("--bind", "--ro-bind")]
+    repo = str(sandbox.REPO)
+    inside_repo = sorted(p for p in bound if p.startswith(repo + "/") or p == repo)
+    assert inside_repo == sorted({str(sandbox.REPO / "utils"), *(p for p in inside_repo if p.startswith(repo + "/.venv"))}), \
+        f"the sandbox sees more of the course than utils/ and .venv: {inside_repo}"
+    writable = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
+    assert sorted(writable) == sorted([config["scratch"], config["ipc"]])
+    assert "--as=" in joined and "--nproc=" in joined and "--fsize=" in joined and "--cpu=" in joined
+    if os.geteuid() == 0:
+        assert "--reuid=201234" in joined and "--inh-caps=-all" in joined
+
+
+def test_review_flags_reaching_into_the_machinery_but_not_the_release():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("def f(x):\n    return x + 1"),
+                nbformat.v4.new_code_cell("import sys\nsys.modules['torch'].allclose = lambda *a: True\n"
+                                          "get_ipython().showtraceback = None\nos.kill(os.getppid(), 9)\n"
+                                          "open('/work/main/solutions/x.ipynb').read()\n")]
+    kinds = {f.flag for f in review.scan_notebook(nb, "s", "nms")}
+    assert {"sys.modules / import machinery", "IPython internals", "signals / exit", "files"} <= kinds
+    release = nbformat.read(sandbox.REPO / "assignments" / "nms" / "nms.ipynb", as_version=4)
+    assert review.scan_notebook(release, "s", "nms") == []
