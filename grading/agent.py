@@ -103,12 +103,17 @@ class _PythonGuard:
     """Records calls of forbidden Python-level library functions, by code object (a captured reference
     or an alias is the same code object), and of forbidden builtins, by identity."""
 
-    def __init__(self, paths, no_autograd, violations):
+    def __init__(self, paths, no_autograd, violations, guard_modes=False):
         self.violations = violations
         self.codes = {}
         self.builtins = {}
         if no_autograd:
             paths = list(paths) + ["torch.autograd.backward", "torch.autograd.grad", "torch.Tensor.backward"]
+        if paths or no_autograd or guard_modes:  # taking the guard's dispatch mode off the stack
+            paths = list(paths) + ["torch.utils._python_dispatch._pop_mode", "torch.utils._python_dispatch._pop_mode_temporarily",
+                                   "torch._C._pop_torch_dispatch_stack", "torch._C._set_dispatch_mode",
+                                   "torch._C._unset_dispatch_mode", "torch._C._DisableTorchDispatch",
+                                   "torch._C._DisablePythonDispatcher"]
         for path in paths:
             obj = _resolve(path)
             if obj is None:
@@ -118,8 +123,11 @@ class _PythonGuard:
             if not _code_objects(obj):
                 self.builtins[id(obj)] = path
         self.active = bool(self.codes or self.builtins)
+        self.paused = False
 
     def __call__(self, frame, event, arg):
+        if self.paused:
+            return
         if event == "call":
             path = self.codes.get(frame.f_code)
         elif event == "c_call":
@@ -141,6 +149,49 @@ class _PythonGuard:
         return False
 
 
+# ----------------------------------------------------------------------------- what a graded call may not do
+# The guards above are per thread (a dispatch mode, a profile function): a graded call must therefore
+# neither start threads or processes nor switch the profiler off. An audit hook (which Python cannot
+# remove) refuses process creation and profiler changes while a request is served; thread creation is
+# refused by wrapping the thread starters; threads started earlier by the student and still alive
+# make every guarded request fail.
+_SERVING = [False]
+_REFUSED_EVENTS = {"os.fork": "starting a process", "os.forkpty": "starting a process",
+                   "subprocess.Popen": "starting a process", "os.posix_spawn": "starting a process",
+                   "os.spawn": "starting a process", "os.system": "starting a process", "os.exec": "starting a process",
+                   "sys.setprofile": "switching the profiler", "sys.settrace": "switching the tracer"}
+_VIOLATIONS_NOW = []
+
+
+def _audit(event, args):
+    if _SERVING[0] and event in _REFUSED_EVENTS:
+        _VIOLATIONS_NOW.append(f"{_REFUSED_EVENTS[event]} during a graded call")
+        raise RuntimeError(f"{_REFUSED_EVENTS[event]} is not allowed while your code is graded")
+
+
+def _guard_threads():
+    import _thread
+    import threading
+
+    original = _thread.start_new_thread
+
+    def start_new_thread(*args, **kwargs):
+        if _SERVING[0]:
+            _VIOLATIONS_NOW.append("starting a thread during a graded call")
+            raise RuntimeError("starting a thread is not allowed while your code is graded")
+        return original(*args, **kwargs)
+    _thread.start_new_thread = start_new_thread
+    threading._start_new_thread = start_new_thread
+
+
+def _foreign_threads(known):
+    """Threads running Python code that did not exist when the agent was installed (tqdm's monitor aside)."""
+    import threading
+
+    names = {t.ident: type(t).__name__ for t in threading.enumerate()}
+    return [ident for ident in sys._current_frames() if ident not in known and names.get(ident) != "TMonitor"]
+
+
 def _student_traceback(exc):
     """The student's own frames and the error line; no agent or library internals."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
@@ -160,6 +211,7 @@ class Agent:
         self.ns = namespace
         self.objects = {}
         self.next_id = 1
+        self.threads = set(sys._current_frames())
 
     # ------------------------------------------------------------------ encoding
     def encode(self, value, depth=0):
@@ -248,9 +300,26 @@ class Agent:
             request = _load(request_path, weights_only=True)
             guard = _Guard(request.get("forbid_ops", ()), request.get("no_autograd", False), violations)
             python_guard = _PythonGuard(request.get("forbid_python", ()), request.get("no_autograd", False),
-                                        violations)
-            with python_guard, guard:
-                value = self._run(request)
+                                        violations, guard_modes=bool(request.get("forbid_ops")))
+            guarded = bool(request.get("forbid_ops") or request.get("forbid_python") or request.get("no_autograd"))
+            if guarded and _foreign_threads(self.threads):
+                violations.append("threads of your own running beside the graded call")
+                raise ForbiddenFunctionError("a thread your code started is still running; graded calls must run alone")
+            del _VIOLATIONS_NOW[:]
+            try:
+                with python_guard:            # sets the profiler before serving starts ...
+                    _SERVING[0] = True
+                    try:
+                        guard.__enter__()
+                        try:
+                            value = self._run(request)
+                        finally:
+                            python_guard.paused = True   # the guard's own exit pops its mode
+                            guard.__exit__(None, None, None)
+                    finally:
+                        _SERVING[0] = False   # ... and restores it after serving ended
+            finally:
+                violations.extend(v for v in _VIOLATIONS_NOW if v not in violations)
             response = {"ok": True, "value": self.encode(value), "violations": violations}
         except BaseException as exc:  # noqa: BLE001 - everything the student's code raises is reported
             response = {"ok": False, "error_type": type(exc).__name__[:200], "message": str(exc)[:_MAX_TEXT],
@@ -264,6 +333,8 @@ class Agent:
 
 def install(namespace):
     """Called once in a fresh kernel: keep the agent where ``sys.modules`` finds it."""
+    sys.addaudithook(_audit)
+    _guard_threads()
     module = types.ModuleType("_grading_agent")
     module.agent = Agent(namespace)
     sys.modules["_grading_agent"] = module

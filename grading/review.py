@@ -23,6 +23,8 @@ PATTERNS = [
     ("IPython internals", r"\bget_ipython\b|\bIPython\b|\bipykernel\b|\b_ih\b|\b_oh\b|\bOut\s*\["),
     ("builtins", r"\b__builtins__\b|\bbuiltins\b|\b__import__\b|\bsetattr\s*\(\s*(?:builtins|__builtins__)"),
     ("sys.modules / import machinery", r"\bsys\.modules\b|\bimportlib\b|\bsys\.meta_path\b|\bsys\.path\b"),
+    ("the grader's agent", r"_grading_agent|\bagent\.serve\b"),
+    ("threads", r"\bthreading\b|\b_thread\b|\bconcurrent\.futures\b|\bThreadPool"),
     ("torch internals", r"\btorch\._C\b|\btorch\.ops\b|\b_python_dispatch\b|\bTorchDispatchMode\b|"
                         r"\bTorchFunctionMode\b|\b__torch_function__\b|\b__torch_dispatch__\b|\btorch\.library\b"),
     ("patching library code", r"^\s*(?:torch|torchvision|utils|np|numpy|F|nn)\.[\w.]+\s*=[^=]|"

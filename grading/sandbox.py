@@ -149,9 +149,17 @@ def launch(connection_file: str) -> None:
     # only what a kernel needs: the grader's environment may hold secrets (a gradebook password, tokens)
     env = {k: v for k, v in os.environ.items() if k in ENV_PASSED or k.startswith("LC_")}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    argv = bwrap_argv(config, kernel)
-    if config.get("log"):  # the kernel's stderr, for the grader's error messages (never shown in a notebook)
+    if available():
+        argv = bwrap_argv(config, kernel)
+    elif unsandboxed_allowed():  # the instructor's explicit choice: the kernel runs with their privileges
+        argv = kernel
+        os.chdir(config["scratch"])
+        env["HOME"] = config["scratch"]
+    else:
+        raise SystemExit("refusing to start a grading kernel without a sandbox (see grading/sandbox.py)")
+    if config.get("log"):  # the kernel process's own stdout/stderr (not its cells' output), for error messages
         fd = os.open(config["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
     os.execvpe(argv[0], argv, env)

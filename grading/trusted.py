@@ -104,8 +104,9 @@ class ForbiddenUse(AssertionError):
     """The student's code reached a function the assignment asks them to write."""
 
 
-class KernelFailure(AssertionError):
-    """The kernel died, timed out or answered with something that is not data."""
+class KernelFailure(Exception):
+    """The kernel died, timed out or answered with something that is not data. Not an AssertionError, so
+    that a trusted test that expects the student's code to raise cannot swallow it: it ends the test."""
 
 
 # ----------------------------------------------------------------------------- data across the boundary
@@ -406,6 +407,10 @@ class TrustedExecute(Execute):
         if not self._agent_ready:
             self._install_agent()
         meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade") and meta.get("grade_id") not in self._tests:
+            # a cell the student marked as a test (nbgrader dropped its unknown grade_id): ordinary code
+            cell.metadata.pop("nbgrader", None)
+            meta = {}
         if meta.get("grade") and not meta.get("solution"):
             cell.outputs = self._judge(meta.get("grade_id", ""))
             self._judged = getattr(self, "_judged", 0) + 1
@@ -418,7 +423,15 @@ class TrustedExecute(Execute):
         self._cell_bytes = 0
         self._cut = False
         try:
-            return super().preprocess_cell(cell, resources, index)
+            cell, resources = super().preprocess_cell(cell, resources, index)
+            if getattr(self, "_judged", 0) and cell.outputs:
+                # after the first test, the kernel has seen hidden inputs: what a later cell prints could
+                # carry them into the feedback, so it is not kept
+                errors = [o.get("ename", "Error") for o in cell.outputs if o.get("output_type") == "error"]
+                note = ("[output not kept: cells that run after the grader's first test could show its hidden "
+                        "cases" + (f"; this cell raised {errors[0]}" if errors else "") + "]\n")
+                cell.outputs = [NotebookNode(output_type="stream", name="stdout", text=note)]
+            return cell, resources
         except Exception as exc:  # DeadKernelError, a kernel that stopped answering, ...
             self._dead = f"the kernel stopped while running an earlier cell ({type(exc).__name__})"
             cell.outputs.append(NotebookNode(output_type="error", ename=type(exc).__name__,
@@ -459,11 +472,16 @@ class TrustedExecute(Execute):
         assert self.kc is not None
         msg_id = self.kc.execute(code, silent=True, store_history=False, allow_stdin=False)
         deadline = time.monotonic() + timeout
+        interrupted = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if interrupted:  # no answer even to the interrupt: nothing more can run in this kernel
+                    self._dead = "the kernel stopped responding (a call that did not finish ignored the interrupt)"
+                    return None
                 self._interrupt()
-                return None
+                interrupted, deadline = True, time.monotonic() + 15
+                continue
             try:
                 msg = self._run(self.kc.shell_channel.get_msg(timeout=min(remaining, 1.0)))
             except Exception as exc:  # queue.Empty
@@ -473,7 +491,7 @@ class TrustedExecute(Execute):
                     raise KernelFailure("the kernel died") from None
                 continue
             if msg["parent_header"].get("msg_id") == msg_id:
-                return msg
+                return None if interrupted else msg
 
     def _run(self, value: Any) -> Any:
         from jupyter_core.utils import ensure_async, run_sync
@@ -507,7 +525,8 @@ class TrustedExecute(Execute):
         finally:
             request_path.unlink(missing_ok=True)
         if reply is None:
-            raise KernelFailure(f"your code did not finish within {timeout:.0f} s (stopped)")
+            raise KernelFailure(f"your code did not finish within {timeout:.0f} s (stopped; the rest of this test "
+                                "was not run)")
         try:
             return read_response(str(response_path))
         finally:
@@ -533,7 +552,7 @@ class TrustedExecute(Execute):
         try:
             test(student)
             error: Optional[BaseException] = None
-        except AssertionError as exc:
+        except (AssertionError, KernelFailure) as exc:
             error = exc
         except Exception as exc:  # noqa: BLE001 - a bug in a trusted test must not look like the student's
             self.log.error("trusted test %s crashed: %s", cell_id, traceback.format_exc())

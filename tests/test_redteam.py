@@ -152,28 +152,51 @@ except Exception as exc:
 """,
 }
 
-# nms-specific: a forbidden library function reached by a captured reference and by torch.ops
-FORBIDDEN_BYPASS = """
+# nms-specific: a forbidden library function reached by a captured reference and by torch.ops, each
+# placed right after the solution cell it replaces (so the tests that follow see it)
+FORBIDDEN_BYPASS = {
+    "nms": """
 import torch, torchvision
 _captured_nms = torchvision.ops.nms
-_op = torch.ops.torchvision.nms
 
 
 def nms(boxes, scores, iou_threshold):
     return _captured_nms(boxes, scores, iou_threshold)
+""",
+    "batched_nms": """
+import torch
+_op = torch.ops.torchvision.nms
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold):
     offsets = idxs.to(boxes) * (boxes.max() + 1)
     return _op(boxes + offsets[:, None], scores, iou_threshold)
-"""
+""",
+}
 
 
-def _with_cell(nb: nbformat.NotebookNode, code: str) -> nbformat.NotebookNode:
-    """The notebook with ``code`` as a new, ungraded cell right after its last solution cell."""
+def _with_cell(nb: nbformat.NotebookNode, code: str, after: str = "") -> nbformat.NotebookNode:
+    """The notebook with ``code`` as a new, ungraded cell right after the solution cell ``after``
+    (default: the first solution cell, so that every test cell comes after it)."""
     nb = copy.deepcopy(nb)
-    last = max(i for i, c in enumerate(nb.cells) if nbgrader_meta(c).get("solution"))
-    nb.cells.insert(last + 1, nbformat.v4.new_code_cell(code))
+    solutions = [i for i, c in enumerate(nb.cells) if nbgrader_meta(c).get("solution")]
+    where = next((i for i in solutions if nbgrader_meta(nb.cells[i]).get("grade_id") == after), solutions[0])
+    nb.cells.insert(where + 1, nbformat.v4.new_code_cell(code))
+    return nb
+
+
+def _with_forged_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The student marks a cell of their own as an autograded test worth 50 points (with a passing
+    output), claims a real test's grade_id for another, and points the kernelspec elsewhere."""
+    nb = copy.deepcopy(nb)
+    bonus = nbformat.v4.new_code_cell("print('bonus')", metadata={"nbgrader": {
+        "grade": True, "grade_id": "bonus_points", "points": 50, "locked": False, "solution": False,
+        "schema_version": 3, "task": False}})
+    bonus.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "50"}, execution_count=1)]
+    first_test = next(c for c in nb.cells if nbgrader_meta(c).get("grade"))
+    twin = nbformat.v4.new_code_cell("pass", metadata={"nbgrader": dict(nbgrader_meta(first_test))})
+    nb.cells[1:1] = [bonus, twin]
+    nb.metadata["kernelspec"] = {"name": "evil", "display_name": "evil", "language": "python"}
     return nb
 
 
@@ -201,8 +224,12 @@ def _inbox() -> Dict[Tuple[str, str], Tuple[str, nbformat.NotebookNode]]:
     for name, code in ATTACKS.items():
         base = "base_blank" if name == "reads_instructor_files" else "base_solution"
         subs[(f"attack_{name}", MAIN)] = (base, _with_cell(bases[base.replace("base_", "")], code.replace("{a}", MAIN)))
+    subs[("cheat_forged_metadata", MAIN)] = ("base_bug", _with_forged_metadata(_bases(MAIN)["bug"]))
     if MAIN == "nms":
-        subs[("cheat_forbidden_bypass", MAIN)] = ("base_solution", _with_cell(bases["solution"], FORBIDDEN_BYPASS))
+        nb = bases["solution"]
+        for cell_id, code in FORBIDDEN_BYPASS.items():
+            nb = _with_cell(nb, code, after=cell_id)
+        subs[("cheat_forbidden_bypass", MAIN)] = ("base_solution", nb)
     return subs
 
 
@@ -226,6 +253,9 @@ def redteam(tmp_path_factory):
         folder = inbox / student / a
         folder.mkdir(parents=True)
         nbformat.write(nb, folder / f"{a}.ipynb")
+    broken = inbox / "broken_notebook" / MAIN
+    broken.mkdir(parents=True)
+    (broken / f"{MAIN}.ipynb").write_text('{"cells": [ this is not JSON')
     protected = [REPO / "solutions", REPO / "grading", REPO / "assignments", REPO / "utils"]
     before = _tree_hash(*protected)
     hits = []
@@ -264,6 +294,17 @@ def redteam(tmp_path_factory):
 
 def _hostile():
     return [(s, a) for (s, a) in _inbox() if s.startswith(("cheat_", "attack_"))]
+
+
+def test_a_submission_that_cannot_be_graded_scores_zero_and_is_listed(redteam):
+    rows = list(csv.DictReader(open(redteam["course"].root / "ungradable.csv")))
+    listed = {(r["student"], r["assignment"]): r["reason"] for r in rows}
+    assert ("broken_notebook", MAIN) in listed, rows
+    assert all(student == "broken_notebook" for student, _ in listed), f"honest or gradable ones listed: {listed}"
+    grades = {(r["student_id"], r["assignment"]): float(r["score"] or 0)
+              for r in csv.DictReader(open(redteam["course"].root / "grades.csv"))}
+    assert grades.get(("broken_notebook", MAIN), 0.0) == 0.0
+    assert "could not grade 1 submission" in redteam["out"].stdout
 
 
 def test_grading_finishes_and_exports_everyone(redteam):

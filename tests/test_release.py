@@ -86,3 +86,23 @@ def test_notebooks_are_committed_without_outputs():
         nb = nbformat.read(path, as_version=4)
         dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
         assert not dirty, f"{path.name}: cells {dirty[:5]} carry outputs; clear them before committing"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_test_cell_has_a_trusted_test_and_no_hidden_test_runs_in_the_kernel(name):
+    """Grades come from grading/hidden/<name>.py (run by the grader, outside the student's kernel): one
+    registered test per graded cell, none without a cell, and no hidden region left in the notebook."""
+    from grading import trusted
+
+    source = nbformat.read(solution_notebook(name), as_version=4)
+    cells = {nbgrader_meta(c)["grade_id"] for c in source.cells if nbgrader_meta(c).get("grade")}
+    tests = {k for k in trusted.load_tests(name) if not k.startswith("__")}
+    assert cells == tests, f"{name}: cells without a trusted test {sorted(cells - tests)}, tests without a cell {sorted(tests - cells)}"
+    assert "BEGIN HIDDEN TESTS" not in solution_notebook(name).read_text(), \
+        f"{name}: a hidden region would run in the student's kernel; move it to grading/hidden/{name}.py"
+    release_text = release_notebook(name).read_text()
+    secret = [line.strip() for line in (REPO / "grading" / "hidden" / f"{name}.py").read_text().split("\n")]
+    public = {line.strip() for c in source.cells for line in c.source.split("\n")}
+    leaked = [line for line in secret if len(line) > 25 and not line.startswith(("#", '"""')) and line not in public
+              and line in release_text]
+    assert not leaked, f"{name}: lines of the trusted tests in the release: {leaked[:3]}"

@@ -19,10 +19,14 @@ import torchvision
 from grading import review, sandbox, trusted
 
 
+_AGENT_MODULE = types.ModuleType("agent_under_test")
+exec(compile(trusted.AGENT_SOURCE, "<grading-agent>", "exec"), _AGENT_MODULE.__dict__)
+_AGENT_MODULE.sys.addaudithook(_AGENT_MODULE._audit)   # as install() does in a kernel (once: hooks stay)
+_AGENT_MODULE._guard_threads()
+
+
 def _agent(namespace: dict):
-    module = types.ModuleType("agent_under_test")
-    exec(compile(trusted.AGENT_SOURCE, "<grading-agent>", "exec"), module.__dict__)
-    return module.Agent(namespace)
+    return _AGENT_MODULE.Agent(namespace)
 
 
 def _student(namespace: dict, tmp_path, forbid=None) -> trusted.Student:
@@ -176,3 +180,47 @@ def test_review_flags_reaching_into_the_machinery_but_not_the_release():
     assert {"sys.modules / import machinery", "IPython internals", "signals / exit", "files"} <= kinds
     release = nbformat.read(sandbox.REPO / "assignments" / "nms" / "nms.ipynb", as_version=4)
     assert review.scan_notebook(release, "s", "nms") == []
+
+
+@pytest.mark.parametrize("bypass", [
+    # another thread does not see this thread's guards
+    "import concurrent.futures\n    with concurrent.futures.ThreadPoolExecutor(1) as pool:\n"
+    "        return pool.submit(torchvision.ops.box_iou, a, b).result()",
+    # switching the profiler off
+    "import sys\n    sys.setprofile(None)\n    return torchvision.ops.box_iou(a, b)",
+    # taking the dispatch mode off the stack
+    "from torch.utils._python_dispatch import _pop_mode\n    mode = _pop_mode()\n"
+    "    try:\n        return torchvision.ops.box_iou(a, b)\n    finally:\n        torch.utils._python_dispatch._push_mode(mode)",
+    # another process
+    "import subprocess\n    subprocess.run(['true'])\n    return torchvision.ops.box_iou(a, b)",
+])
+def test_the_guard_cannot_be_sidestepped_by_threads_processes_or_switching_it_off(tmp_path, bypass):
+    ns: dict = {}
+    exec(f"import torch, torchvision\ndef iou(a, b):\n    {bypass}\n", ns)
+    s = _student(ns, tmp_path, forbid=dict(ops=["torchvision::nms"], python=["torchvision.ops.box_iou"]))
+    boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+    try:
+        with pytest.raises((trusted.ForbiddenUse, trusted.StudentError)):
+            s.call("iou", boxes, boxes)
+    finally:
+        import sys
+        sys.setprofile(None)
+
+
+def test_a_thread_started_before_the_graded_call_fails_it(tmp_path):
+    import threading
+
+    ns: dict = {}
+    exec("def f(x):\n    return x + 1\n", ns)
+    s = _student(ns, tmp_path, forbid=dict(python=["torchvision.ops.box_iou"]))
+    assert s.call("f", torch.tensor(1.0)).item() == 2.0
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait, daemon=True)   # a pool the student warmed up in a cell
+    worker.start()
+    try:
+        with pytest.raises(trusted.ForbiddenUse, match="threads"):
+            s.call("f", torch.tensor(1.0))
+    finally:
+        stop.set()
+        worker.join()
+    assert s.call("f", torch.tensor(1.0)).item() == 2.0
