@@ -99,6 +99,40 @@ def _code_objects(obj):
     return found
 
 
+# path -> (code objects, builtin ids) of library functions as they were before any student code ran,
+# so that rebinding ``torchvision.models.resnet.BasicBlock.forward`` in a cell does not move the guard
+_SNAPSHOT = {}
+_SNAPSHOT_MODULES = ("torch", "torch.nn", "torch.nn.functional", "torch.nn.grad", "torch.nn.init", "torch.autograd",
+                     "torch.nn.utils.fusion", "torch.utils._python_dispatch", "torchvision.ops", "torchvision.ops.boxes",
+                     "torchvision.ops._box_convert", "torchvision.models.resnet", "torchvision.models")
+
+
+def _snapshot():
+    for module_name in _SNAPSHOT_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception:  # noqa: BLE001 - a module this environment lacks
+            continue
+        for name, obj in list(vars(module).items()):
+            if name.startswith("__"):
+                continue
+            _remember(f"{module_name}.{name}", obj)
+            if isinstance(obj, type) and obj.__module__.startswith(("torch", "torchvision")):
+                for attr, value in list(vars(obj).items()):
+                    if not attr.startswith("__") or attr in ("__call__", "__init__"):
+                        _remember(f"{module_name}.{name}.{attr}", value)
+    for attr, value in list(vars(torch.Tensor).items()):
+        _remember(f"torch.Tensor.{attr}", value)
+
+
+def _remember(path, obj):
+    try:
+        codes = frozenset(_code_objects(obj))
+    except Exception:  # noqa: BLE001
+        return
+    _SNAPSHOT[path] = (codes, id(obj) if not codes else None)
+
+
 class _PythonGuard:
     """Records calls of forbidden Python-level library functions, by code object (a captured reference
     or an alias is the same code object), and of forbidden builtins, by identity."""
@@ -115,13 +149,19 @@ class _PythonGuard:
                                    "torch._C._unset_dispatch_mode", "torch._C._DisableTorchDispatch",
                                    "torch._C._DisablePythonDispatcher"]
         for path in paths:
-            obj = _resolve(path)
+            if path in _SNAPSHOT:   # as it was before student code ran
+                codes, builtin = _SNAPSHOT[path]
+                for code in codes:
+                    self.codes[code] = path
+                if builtin is not None:
+                    self.builtins[builtin] = path
+            obj = _resolve(path)    # and as it is now
             if obj is None:
                 continue
             for code in _code_objects(obj):
-                self.codes[code] = path
+                self.codes.setdefault(code, path)
             if not _code_objects(obj):
-                self.builtins[id(obj)] = path
+                self.builtins.setdefault(id(obj), path)
         self.active = bool(self.codes or self.builtins)
         self.paused = False
 
@@ -335,6 +375,7 @@ def install(namespace):
     """Called once in a fresh kernel: keep the agent where ``sys.modules`` finds it."""
     sys.addaudithook(_audit)
     _guard_threads()
+    _snapshot()
     module = types.ModuleType("_grading_agent")
     module.agent = Agent(namespace)
     sys.modules["_grading_agent"] = module

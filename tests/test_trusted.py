@@ -23,6 +23,7 @@ _AGENT_MODULE = types.ModuleType("agent_under_test")
 exec(compile(trusted.AGENT_SOURCE, "<grading-agent>", "exec"), _AGENT_MODULE.__dict__)
 _AGENT_MODULE.sys.addaudithook(_AGENT_MODULE._audit)   # as install() does in a kernel (once: hooks stay)
 _AGENT_MODULE._guard_threads()
+_AGENT_MODULE._snapshot()
 
 
 def _agent(namespace: dict):
@@ -224,3 +225,18 @@ def test_a_thread_started_before_the_graded_call_fails_it(tmp_path):
         stop.set()
         worker.join()
     assert s.call("f", torch.tensor(1.0)).item() == 2.0
+
+
+def test_rebinding_a_forbidden_method_before_the_call_does_not_move_the_guard(tmp_path):
+    ns: dict = {}
+    exec("import torchvision.models.resnet as R\n_original = R.BasicBlock.forward\n"
+         "R.BasicBlock.forward = lambda self, x: None\n"
+         "def run(block, x):\n    return _original(block, x)\n", ns)
+    try:
+        s = _student(ns, tmp_path, forbid=dict(python=["torchvision.models.resnet.BasicBlock.forward"]))
+        block = s.exec("import torchvision\nresult = torchvision.models.resnet.BasicBlock(4, 4)")
+        with pytest.raises(trusted.ForbiddenUse, match="BasicBlock.forward"):
+            s.call("run", block, torch.randn(1, 4, 5, 5))
+    finally:
+        import torchvision.models.resnet as R
+        R.BasicBlock.forward = ns["_original"]
