@@ -1,7 +1,7 @@
 # Deep Learning for Computer Vision - the course's commands.
 #   make lab    set up .venv if needed, then open JupyterLab (student view) in notebooks/
 #   make test   set up .venv if needed, then run every test (utils, notebooks, assignments, grading)
-# Instructor commands: make lab-instructor | release | submissions | autograde SUBMISSIONS=<dir>
+# Instructor commands: make lab-instructor | release | submissions | autograde SUBMISSIONS=<dir> | student-edition DEST=<dir>
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 JOBS ?= 2
 ASSIGNMENTS := $(notdir $(patsubst %/,%,$(dir $(wildcard solutions/*/*.ipynb))))
 
-.PHONY: help setup lab lab-instructor test test-fast release submissions autograde clean
+.PHONY: sandbox-deps help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
 
 help:
 	@sed -n '2,4p' Makefile
@@ -54,14 +54,14 @@ lab-instructor: setup
 # workers. Both phases always run; make fails when either fails. One BLAS/OpenMP thread per process
 # avoids oversubscription, which makes small convolutions ~10x slower.
 TEST_ENV := COURSE_STATIC_WIDGETS=1 OMP_NUM_THREADS=1 GRADING_JOBS=$(JOBS)
-GRADING_TESTS := tests/test_grading_pipeline.py
-test: setup
+GRADING_TESTS := tests/test_grading_pipeline.py tests/test_redteam.py
+test: setup sandbox-deps
 	@status=0; \
 	echo "== phase 1/2: the grading pipeline (nbgrader on every assignment)"; \
 	$(TEST_ENV) $(VENV)/bin/python -m pytest -p no:cacheprovider $(GRADING_TESTS) $(PYTEST_ARGS) || status=1; \
 	echo "== phase 2/2: utils, environment, release, browser, chapter notebooks and assignment sources"; \
 	$(TEST_ENV) $(VENV)/bin/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-cell-timeout=600 \
-	    -p no:cacheprovider --ignore=$(GRADING_TESTS) tests notebooks solutions $(PYTEST_ARGS) || status=1; \
+	    -p no:cacheprovider $(addprefix --ignore=,$(GRADING_TESTS)) tests notebooks solutions $(PYTEST_ARGS) || status=1; \
 	exit $$status
 
 # unit tests only (seconds)
@@ -76,10 +76,24 @@ release: setup
 submissions: setup
 	$(VENV)/bin/python -m grading submissions $(ASSIGNMENTS)
 
-# Autograde a folder laid out as <student>/<assignment>/*.ipynb, write grades.csv and feedback/.
-autograde: setup
-	@test -n "$(SUBMISSIONS)" || { echo "usage: make autograde SUBMISSIONS=<dir>"; exit 2; }
-	$(VENV)/bin/python -m grading autograde "$(SUBMISSIONS)" 
+# Autograde a folder laid out as <student>/<assignment>/*.ipynb in sandboxed kernels on JOBS workers;
+# write autograded/, feedback/, grades.csv, ungradable.csv and review.csv. Needs bubblewrap (sandbox-deps).
+autograde: setup sandbox-deps
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make autograde SUBMISSIONS=<dir> [JOBS=n]"; exit 2; }
+	$(VENV)/bin/python -m grading autograde "$(SUBMISSIONS)" --jobs $(JOBS)
+
+# The sandbox of graded kernels: Debian's bubblewrap (setpriv and prlimit come with util-linux).
+sandbox-deps:
+	@command -v bwrap >/dev/null || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        (apt-get install -y -qq bubblewrap || (apt-get update -qq && apt-get install -y -qq bubblewrap)) >/dev/null; \
+	    else echo "install bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap) to autograde"; exit 1; fi; }
+
+# Write the student edition (chapters, releases, utils, its own README/Makefile/tests; no solution, hidden test
+# or grading tool) into DEST as a new git repository with one commit. Publish DEST, never this repository.
+student-edition: setup
+	@test -n "$(DEST)" || { echo "usage: make student-edition DEST=<dir>   (e.g. DEST=../dlcv-student)"; exit 2; }
+	$(VENV)/bin/python -m grading student-edition "$(DEST)"
 
 clean:
 	rm -rf autograded feedback submitted gradebook.db grades.csv test-output

@@ -1,265 +1,75 @@
-"""The students' view: JupyterLab from the course's .venv, driven in headless Chromium by Playwright.
+"""The students' view, on the student edition: JupyterLab driven in headless Chromium by Playwright.
 
-Runs when Debian's chromium is installed (CI installs it in .ci/run); skipped with a notice otherwise.
-Screenshots land in test-output/browser/ (git-ignored).
+A fresh student edition is built into a scratch folder (``grading.edition.build``) and the edition's own browser
+tests (``edition/tests/browser/test_student_view.py``, imported here) run on it: its ``make lab`` serves a copy of
+its chapters and assignments, pointed at this repository's ``.venv`` so that nothing is installed; a chapter runs
+through *Run All*, an assignment opens with its stubs and locked tests, a wrong answer typed into a stub fails its
+visible test. This side adds what the edition cannot do, having no solutions: type the real answer of one small
+function into its stub (read from ``solutions/`` at run time, never stored in the edition) and see its visible test
+pass. Skipped with a notice where no Chromium is installed (``.ci/run`` installs it).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
+import sys
+import textwrap
 from pathlib import Path
 
+import nbformat
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SHOTS = REPO / "test-output" / "browser"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHAPTER = "01_initialization.ipynb"  # the chapter notebook run through the UI
-ASSIGNMENT = "nms"  # the student release opened in the browser
-TOKEN = "browser-test-token"
-LAB_LOG = SHOTS / "jupyterlab.log"
+os.environ.setdefault("COURSE_TEST_OUTPUT", str(REPO / "test-output"))  # screenshots and server log go here
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+_spec = importlib.util.spec_from_file_location("edition_student_view",
+                                               REPO / "edition" / "tests" / "browser" / "test_student_view.py")
+student_view = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = student_view
+_spec.loader.exec_module(student_view)  # skips this module too where no Chromium or Playwright is installed
 
-if CHROMIUM is None:
-    pytest.skip("NOTICE: no chromium on this machine (apt-get install chromium); browser test skipped",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="NOTICE: playwright not installed; browser test skipped")
+from grading import edition  # noqa: E402
+from grading.paths import solution_notebook  # noqa: E402
 
-
-def _log_tail(n: int = 4000) -> str:
-    return LAB_LOG.read_text(errors="replace")[-n:] if LAB_LOG.exists() else "(no server log)"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = student_view.pytestmark
+# the edition's fixtures and tests, run here on a freshly built edition
+browser = student_view.browser
+lab = student_view.lab
+test_getting_started_runs_and_its_widget_is_live = student_view.test_getting_started_runs_and_its_widget_is_live
+test_a_chapter_runs_through_the_ui = student_view.test_a_chapter_runs_through_the_ui
+test_assignment_release_shows_stubs_and_locks_tests = student_view.test_assignment_release_shows_stubs_and_locks_tests
+test_a_filled_in_stub_runs_its_visible_test = student_view.test_a_filled_in_stub_runs_its_visible_test
+test_instructor_ui_is_hidden_from_students = student_view.test_instructor_ui_is_hidden_from_students
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """`make lab` (the students' command) on a free port, serving a copy of notebooks/ and assignments/
-    (JupyterLab autosaves what it runs; the repo's notebooks must stay clean)."""
-    root = tmp_path_factory.mktemp("student")
-    shutil.copytree(REPO / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    shutil.copytree(REPO / "assignments", root / "assignments", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    port = _free_port()
-    # a student's environment: live widgets, the inline matplotlib backend
-    env = {k: v for k, v in os.environ.items() if k not in ("COURSE_STATIC_WIDGETS", "NBGRADER_EXECUTION", "MPLBACKEND")}
-    args = f"--no-browser --IdentityProvider.token={TOKEN} --ServerApp.root_dir={root} --LabApp.news_url=None"
-    # the server's log goes to a file: an unread pipe fills up and then blocks the server mid-request
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    log = open(LAB_LOG, "wb")
-    proc = subprocess.Popen(["make", "lab", f"PORT={port}", f"LAB_ARGS={args}"], cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=5)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("JupyterLab did not start:\n" + _log_tail())
-            time.sleep(1)
-    yield base
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    log.close()
+def edition_root(tmp_path_factory) -> Path:
+    """The student edition under test: built fresh, as `make student-edition` does."""
+    return edition.build(tmp_path_factory.mktemp("edition") / "dlcv-student")
 
 
 @pytest.fixture(scope="module")
-def browser():
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield browser
-        browser.close()
+def make_args() -> list:
+    """The edition's `make lab` uses this repository's environment as it is (no second 5 GB install)."""
+    return [f"VENV={REPO / '.venv'}"]
 
 
-def _open(browser, lab: str, path: str):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{lab}/lab/tree/{path}?token={TOKEN}&reset", wait_until="domcontentloaded")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-    deadline = time.time() + 120  # a dialog (e.g. a kernel choice) can hold the kernel back: answer it
-    while page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() == 0:
-        _dismiss_dialogs(page)
-        if time.time() > deadline:
-            raise AssertionError(f"{path}: the kernel never became idle" + _context())
-        time.sleep(1)
-    _dismiss_dialogs(page)
-    return page
+def solution_body(assignment: str, grade_id: str) -> str:
+    """The code between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` of one solution cell, dedented."""
+    nb = nbformat.read(solution_notebook(assignment), as_version=4)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+    lines = cell.source.split("\n")
+    begin = next(i for i, line in enumerate(lines) if "### BEGIN SOLUTION" in line)
+    end = next(i for i, line in enumerate(lines) if "### END SOLUTION" in line)
+    assert cell.source.count("### BEGIN SOLUTION") == 1, f"{grade_id}: pick a cell with a single solution region"
+    return textwrap.dedent("\n".join(lines[begin + 1:end]))
 
 
-DIALOGS: list[str] = []  # every JupyterLab dialog met on the way, reported when a test fails
-
-
-def _dismiss_dialogs(page) -> None:
-    """Answer any modal JupyterLab dialog (kernel choice, kernel restart, server connection...) with its
-    default button, keeping its text for the failure report; a dialog left open swallows every click."""
-    for _ in range(5):
-        dialog = page.locator(".jp-Dialog")
-        if dialog.count() == 0 or not dialog.first.is_visible():
-            return
-        text = " | ".join(t.strip() for t in dialog.first.locator(".jp-Dialog-header, .jp-Dialog-body").all_inner_texts())
-        DIALOGS.append(text)
-        page.screenshot(path=str(SHOTS / f"dialog_{len(DIALOGS)}.png"))
-        print(f"NOTICE: JupyterLab showed a dialog: {text!r}")
-        accept = dialog.first.locator(".jp-Dialog-footer .jp-mod-accept")
-        try:
-            accept.first.click(timeout=5_000)
-        except sync_api.TimeoutError:  # no default button, or it did not respond
-            page.keyboard.press("Escape")
-        time.sleep(1)
-
-
-def _click(page, locator, attempts: int = 6) -> None:
-    """Click, answering any dialog that pops up in the way (it would swallow the click)."""
-    for attempt in range(attempts):
-        _dismiss_dialogs(page)
-        try:
-            locator.click(timeout=10_000)
-            return
-        except sync_api.TimeoutError:
-            if attempt == attempts - 1:
-                raise AssertionError(f"could not click {locator}" + _context()) from None
-
-
-def _context() -> str:
-    return f"\ndialogs seen: {DIALOGS}\nend of the server log:\n{_log_tail()}"
-
-
-def _run_all(page, timeout_s: int) -> None:
-    """Run > Run All Cells, then wait until every code cell has an execution count and the kernel is idle.
-
-    text_content, not inner_text: JupyterLab 4 may skip rendering cells scrolled out of view."""
-    def started() -> bool:
-        prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_text_contents()
-        return any(re.fullmatch(r"\[(\*|\d+)\]:", p.strip()) for p in prompts)
-
-    for _attempt in range(4):  # a menu item clicked while the kernel is still connecting does nothing
-        _click(page, page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")))
-        _click(page, page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")))
-        for _ in range(30):
-            _dismiss_dialogs(page)
-            if started():
-                break
-            time.sleep(1)
-        if started():
-            break
-        page.keyboard.press("Escape")
-    else:
-        raise AssertionError("Run All Cells never started the notebook" + _context())
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_text_contents()
-        done = prompts and all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts)
-        idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
-        if done and idle:
-            return
-        _dismiss_dialogs(page)
-        if idle and started():  # Run All stops at a failing cell: report it instead of waiting
-            _assert_no_error(page, page.url)
-        time.sleep(2)
-    raise AssertionError(f"the notebook did not finish within {timeout_s} s; prompts: {prompts}" + _context())
-
-
-def _assert_no_error(page, name: str) -> None:
-    errors = page.locator(".jp-OutputArea-output", has_text="Traceback (most recent call last)")
-    if errors.count():
-        raise AssertionError(f"{name}: a cell shows an error:\n{errors.first.inner_text()[:2000]}" + _context())
-
-
-def _figures(page) -> int:
-    return page.locator(".jp-OutputArea-output img[src^='data:image/png']").count()
-
-
-def test_getting_started_runs_and_its_widget_is_live(browser, lab):
-    page = _open(browser, lab, "notebooks/00_getting_started.ipynb")
-    _run_all(page, timeout_s=300)
-    page.screenshot(path=str(SHOTS / "00_getting_started.png"), full_page=True)
-    _assert_no_error(page, "00_getting_started")
-    assert _figures(page) >= 3, "matplotlib figures should be displayed"
-
-    slider = page.locator(".jupyter-widgets.widget-slider").first
-    slider.wait_for(timeout=60_000)
-    output = page.locator(".jupyter-widgets.widget-output img").first
-    output.wait_for(timeout=60_000)
-    before = output.get_attribute("src")
-    slider.locator(".noUi-handle").first.focus()
-    page.keyboard.press("ArrowRight")
-    page.keyboard.press("ArrowRight")
-    deadline = time.time() + 60
-    while time.time() < deadline and page.locator(".jupyter-widgets.widget-output img").first.get_attribute("src") == before:
-        time.sleep(0.5)
-    assert page.locator(".jupyter-widgets.widget-output img").first.get_attribute("src") != before, \
-        "moving the slider did not redraw the figure"
-    page.screenshot(path=str(SHOTS / "00_getting_started_slider_moved.png"))
-    page.close()
-
-
-def test_a_chapter_runs_through_the_ui(browser, lab):
-    page = _open(browser, lab, f"notebooks/{CHAPTER}")
-    _run_all(page, timeout_s=480)
-    page.screenshot(path=str(SHOTS / CHAPTER.replace(".ipynb", ".png")), full_page=True)
-    _assert_no_error(page, CHAPTER)
-    assert _figures(page) >= 3
-    assert page.locator(".jupyter-widgets.widget-slider").count() >= 1, "the chapter's widget did not render"
-    page.close()
-
-
-def test_assignment_release_shows_stubs_and_locks_tests(browser, lab):
-    import nbformat
-
-    page = _open(browser, lab, f"assignments/{ASSIGNMENT}/{ASSIGNMENT}.ipynb")
-    page.screenshot(path=str(SHOTS / f"{ASSIGNMENT}_release.png"))
-    n_cells = len(nbformat.read(REPO / "assignments" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4).cells)
-    # JupyterLab renders cells lazily, so walk the notebook as a student would: one cell at a time
-    page.locator(".jp-Cell").first.click()
-    page.keyboard.press("Escape")
-    active = page.locator(".jp-Notebook .jp-Cell.jp-mod-active")
-    texts, tried_locked = [], False
-    for _ in range(n_cells):
-        active.wait_for(timeout=30_000)
-        is_code = "jp-CodeCell" in (active.get_attribute("class") or "")
-        text = active.locator(".cm-content").text_content() if is_code else ""
-        texts.append(text)
-        if is_code and "assert_close(" in text and not tried_locked:
-            tried_locked = True
-            page.keyboard.press("Enter")
-            page.keyboard.type("pass  # typed by a student")
-            time.sleep(1)
-            page.keyboard.press("Escape")
-            after = active.locator(".cm-content").text_content()
-            page.screenshot(path=str(SHOTS / f"{ASSIGNMENT}_locked_cell.png"))
-            assert after == text and "typed by a student" not in after, "typing changed a locked test cell"
-        page.keyboard.press("j")
-    assert tried_locked, "no visible test cell found"
-    assert any("raise NotImplementedError()" in t for t in texts), "no solution stub visible"
-    assert not any("BEGIN SOLUTION" in t or "HIDDEN TESTS" in t for t in texts)
-    page.close()
-
-
-def test_instructor_ui_is_hidden_from_students(browser, lab):
-    page = _open(browser, lab, "notebooks/00_getting_started.ipynb")
-    menus = page.locator(".lm-MenuBar-itemLabel").all_inner_texts()
-    if "Nbgrader" in menus:
-        page.locator(".lm-MenuBar-itemLabel", has_text="Nbgrader").click()
-        items = page.locator(".lm-Menu-itemLabel").all_inner_texts()
-        assert "Formgrader" not in items, f"students see the formgrader: {items}"
-        page.keyboard.press("Escape")
-    assert page.get_by_text("Create Assignment", exact=True).count() == 0
+def test_the_solution_typed_into_a_stub_passes_its_visible_test(browser, lab, edition_root):
+    page = student_view._open(browser, lab, f"assignments/{student_view.ASSIGNMENT}/{student_view.ASSIGNMENT}.ipynb")
+    release = edition_root / "assignments" / student_view.ASSIGNMENT / f"{student_view.ASSIGNMENT}.ipynb"
+    output = student_view.fill_stub_and_run_its_test(page, release, student_view.STUB,
+                                                     solution_body(student_view.ASSIGNMENT, student_view.STUB))
+    assert "Error" not in output and "Traceback" not in output, \
+        f"the visible test of {student_view.STUB} should pass with the solution:\n{output[:1500]}" + student_view._context()
     page.close()
