@@ -371,7 +371,10 @@ class TrustedExecute(Execute):
             for folder in (self._scratch, self._ipc):
                 for path in [folder, *folder.rglob("*")]:
                     os.lchown(path, uid, uid)
-        mpl_cache = Path(os.environ.get("MPLCONFIGDIR", Path.home() / ".cache" / "matplotlib"))
+        import matplotlib
+        import matplotlib.font_manager  # noqa: F401 - builds the grader's font list once if there is none
+
+        mpl_cache = Path(matplotlib.get_cachedir())
         if mpl_cache.is_dir():  # matplotlib's font list: without it every kernel rebuilds it (seconds)
             shutil.copytree(mpl_cache, self._scratch / ".matplotlib", dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("tex.cache"))

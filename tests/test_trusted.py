@@ -240,3 +240,18 @@ def test_rebinding_a_forbidden_method_before_the_call_does_not_move_the_guard(tm
     finally:
         import torchvision.models.resnet as R
         R.BasicBlock.forward = ns["_original"]
+
+
+def test_grading_refuses_to_run_without_a_sandbox_unless_told(tmp_path, monkeypatch):
+    from grading import pipeline
+
+    (tmp_path / "inbox" / "alice" / "nms").mkdir(parents=True)
+    monkeypatch.setattr(sandbox, "available", lambda: False)
+    monkeypatch.delenv("DLCV_UNSANDBOXED", raising=False)
+    with pytest.raises(SystemExit, match="refusing to grade"):
+        pipeline.autograde_folder(tmp_path / "inbox", tmp_path)
+    pre = trusted.TrustedExecute()
+    with pytest.raises(RuntimeError, match="refusing to grade"):
+        pre.preprocess(nbformat.v4.new_notebook(), {"metadata": {"path": str(tmp_path)}})
+    monkeypatch.setenv("DLCV_UNSANDBOXED", "1")
+    assert sandbox.unsandboxed_allowed()
