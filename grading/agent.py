@@ -257,10 +257,16 @@ class Agent:
     def encode(self, value, depth=0):
         if depth > 20:
             raise ValueError("the result is nested too deeply")
-        if value is None or isinstance(value, (bool, int, float, complex)):
+        if value is None or type(value) in (bool, int, float, complex):
             return value
+        if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+            return self.encode(value.item(), depth + 1)              # numpy scalars (np.float64 is a float)
+        if isinstance(value, bool):
+            return bool(value)
+        if isinstance(value, (int, float, complex)):                 # subclasses: only the number crosses
+            return type(value).__mro__[-2](value) if type(value).__mro__[-2] in (int, float, complex) else float(value)
         if isinstance(value, str):
-            return value[:_MAX_TEXT]
+            return str(value)[:_MAX_TEXT]
         if isinstance(value, _Tensor):
             tensor = value.detach()
             if tensor.layout != torch.strided:
@@ -376,6 +382,8 @@ def install(namespace):
     sys.addaudithook(_audit)
     _guard_threads()
     _snapshot()
+    with _Guard((), False, []):   # the first dispatch mode imports torch._dynamo (seconds): not in a graded call
+        torch.zeros(1).add_(1)
     module = types.ModuleType("_grading_agent")
     module.agent = Agent(namespace)
     sys.modules["_grading_agent"] = module

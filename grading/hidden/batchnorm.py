@@ -1,0 +1,550 @@
+"""Trusted tests of the ``batchnorm`` assignment (instructor-only, never shipped).
+
+Every test makes its inputs here, in the grader's process, with the seeds, shapes, dtypes and
+tolerances of the notebook's test cells (the visible cases and the ones that used to be hidden in
+them), and takes its expected values from PyTorch itself, run here: ``F.batch_norm``,
+``F.layer_norm``, ``F.group_norm``, autograd through them, ``nn.BatchNorm2d`` trained with SGD and
+``F.conv2d``. The student's functions run in the sandboxed kernel through the
+:class:`~grading.trusted.Student` proxy, with the normalisation layers blocked (:data:`FORBID`) and,
+for the hand-written backward passes, torch's autograd refused as well.
+
+Several checks need the student's functions to act on tensors that stay in the kernel (the running
+buffers updated in place, a cache handed from a forward to a backward pass, a module trained for
+several steps, inputs that must stay unmodified). They go through the fixed probes below, which only
+call the student's code in the order the notebook's tests did and hand back the raw tensors; every
+comparison happens here.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from grading.trusted import ForbiddenUse, KernelFailure, Student, StudentError, grades
+from utils.testing import assert_close  # names the case; expected vs got at the worst element
+
+F64 = torch.float64
+TOL = {"rtol": 1e-9, "atol": 1e-10}     # float64 comparisons with PyTorch (the notebook's TOL)
+TOL32 = {"rtol": 1e-5, "atol": 1e-5}    # float32 comparisons (the notebook's TOL32)
+EXACT = {"rtol": 0.0, "atol": 0.0}
+
+# The notebook's FORBIDDEN (every alias is one code object or builtin, so a captured reference is caught
+# too), then library internals that compute the same normalisations in Python (torch's decompositions
+# and reference implementations), then the dispatcher operators all of them end in, however reached
+# (torch.ops.aten.native_batch_norm, torch._C._nn..., a module's forward).
+# (The layers share their base classes' methods; a shared method is reported under the last class listed
+# that has it, so nn.BatchNorm2d, the layer of this assignment, comes last.)
+NOTEBOOK_FORBIDDEN = (
+    "torch.nn.functional.batch_norm", "torch.nn.functional.layer_norm", "torch.nn.functional.group_norm",
+    "torch.nn.functional.instance_norm", "torch.batch_norm", "torch.layer_norm", "torch.group_norm",
+    "torch.instance_norm", "torch.native_batch_norm", "torch.native_layer_norm", "torch.native_group_norm",
+    "torch.nn.LayerNorm", "torch.nn.GroupNorm", "torch.nn.InstanceNorm2d", "torch.nn.BatchNorm1d",
+    "torch.nn.BatchNorm3d", "torch.nn.BatchNorm2d",
+)
+LIBRARY_INTERNALS = (
+    "torch._decomp.decompositions.native_batch_norm_helper", "torch._decomp.decompositions.native_batch_norm",
+    "torch._decomp.decompositions.native_batch_norm_backward", "torch._decomp.decompositions.batch_norm_backward",
+    "torch._decomp.decompositions._native_batch_norm_legit",
+    "torch._decomp.decompositions._native_batch_norm_legit_no_training",
+    "torch._decomp.decompositions._native_batch_norm_legit_functional",
+    "torch._decomp.decompositions._batch_norm_with_update", "torch._decomp.decompositions._batch_norm_no_update",
+    "torch._decomp.decompositions.native_layer_norm_backward",
+    "torch._decomp.decompositions.native_group_norm_backward",
+    "torch._refs.native_layer_norm", "torch._refs.native_group_norm",
+    "torch._refs.nn.functional.layer_norm", "torch._refs.nn.functional.group_norm",
+)
+FORBID = dict(ops=["aten::*batch_norm*", "aten::*layer_norm*", "aten::*group_norm*", "aten::*instance_norm*"],
+              python=[*NOTEBOOK_FORBIDDEN, *LIBRARY_INTERNALS])
+
+
+# ----------------------------------------------------------------------------- probes (run in the kernel)
+# Each probe only calls the student's functions and returns what they produced, as the notebook's tests
+# did; nothing is compared or decided there. Names starting with an underscore are the grader's bindings.
+
+# training-mode steps of batchnorm_forward on the same buffers: outputs and the buffers after each step
+_FORWARD_STEPS = """
+result = []
+for _x in _xs:
+    _out, _ = batchnorm_forward(_x, _gamma, _beta, _running_mean, _running_var, training=True,
+                                momentum=_momentum, eps=_eps)
+    result.append((_out, _running_mean.clone(), _running_var.clone()))
+"""
+
+# one evaluation-mode call: the output and the buffers afterwards
+_FORWARD_EVAL = """
+_out, _ = batchnorm_forward(_x, _gamma, _beta, _running_mean, _running_var, training=False, momentum=0.1, eps=_eps)
+result = (_out, _running_mean, _running_var)
+"""
+
+# batchnorm_forward, then the backward function under test on its cache: what the backward returned
+_FORWARD_BACKWARD = """
+_, _cache = batchnorm_forward(_x, _gamma, _beta, _running_mean, _running_var, training=_training, momentum=0.1,
+                              eps=_eps)
+result = {backward}(_dout, _cache)
+"""
+
+# steps of spatial_batchnorm_forward + spatial_batchnorm_backward on the same buffers
+_SPATIAL_STEPS = """
+result = []
+for _x, _dout in zip(_xs, _douts):
+    _out, _cache = spatial_batchnorm_forward(_x, _gamma, _beta, _running_mean, _running_var, training=_training,
+                                             momentum=_momentum, eps=_eps)
+    result.append((_out, _running_mean.clone(), _running_var.clone(), spatial_batchnorm_backward(_dout, _cache)))
+"""
+
+# a forward function, then its backward on the cache: (out, what the backward returned)
+_NORM_FORWARD_BACKWARD = """
+_out, _cache = {forward}(_x, _gamma, _beta, *_extra, eps=_eps)
+result = (_out, {backward}(_dout, _cache))
+"""
+
+# fold_batchnorm, and its tensor inputs after the call (they must be untouched)
+_FOLD = """
+_returned = fold_batchnorm(_conv_weight, _conv_bias, _bn_weight, _bn_bias, _running_mean, _running_var, _eps)
+result = (_returned, [_conv_weight, _conv_bias, _bn_weight, _bn_bias, _running_mean, _running_var])
+"""
+
+# the module's class hierarchy, as "module.qualname" strings
+_MODULE_CLASSES = """
+result = [f"{_k.__module__}.{_k.__qualname__}" for _k in BatchNorm2d.__mro__]
+"""
+
+# build BatchNorm2d(C, eps, momentum).double(); it stays in the kernel inside a namespace (a handle)
+_MODULE_BUILD = """
+import types as _types
+result = _types.SimpleNamespace(module=BatchNorm2d(*_args, **_kwargs).double())
+"""
+
+_MODULE_KEYS = """
+result = [str(_key) for _key in _state.module.state_dict()]
+"""
+
+# load the reference's initial state and make the optimizer, as the notebook's run() did
+_MODULE_LOAD = """
+import torch as _torch
+_state.module.load_state_dict(_initial_state)
+_state.optimizer = _torch.optim.SGD(_state.module.parameters(), lr=_lr)
+result = None
+"""
+
+# one step, first half: mode, forward; returns the class hierarchy of the output's grad_fn
+_MODULE_FORWARD = """
+_state.module.train(_training)
+_state.x = _x.clone().requires_grad_()
+_state.out = _state.module(_state.x)
+result = [f"{_k.__module__}.{_k.__qualname__}" for _k in type(getattr(_state.out, "grad_fn", None)).__mro__]
+"""
+
+# one step, second half: backward through the student's Function, the record, the SGD step
+_MODULE_BACKWARD = """
+import torch as _torch
+_state.out.backward(_dout)
+_module = _state.module
+_copy = lambda _t: _t.clone() if isinstance(_t, _torch.Tensor) else _t
+result = {"output": _state.out.detach(), "gradient of the input": _state.x.grad,
+          "weight.grad": _copy(_module.weight.grad), "bias.grad": _copy(_module.bias.grad)}
+result.update({str(_key): _copy(_value) for _key, _value in _module.state_dict().items()})
+_state.optimizer.step()
+_state.optimizer.zero_grad()
+"""
+
+
+# ----------------------------------------------------------------------------- helpers
+def _run(student: Student, case: str, what: str, probe: str, **bindings: Any) -> Any:
+    """``student.exec(probe)``; a failure of the student's code is reported with the case and ``what`` was called."""
+    try:
+        return student.exec(probe, **bindings)
+    except (StudentError, ForbiddenUse, KernelFailure) as exc:
+        message = str(exc)
+        if message.startswith("your code"):
+            message = what + message[len("your code"):]
+        raise type(exc)(f"{case}: {message}") from None
+
+
+def _triple(case: str, function: str, grads: Any) -> Tuple[Any, Any, Any]:
+    """``(dx, dgamma, dbeta)`` from what a backward function returned, or a failure naming the case."""
+    if not isinstance(grads, (tuple, list)) or len(grads) != 3:
+        got = type(grads).__name__ + (f" of length {len(grads)}" if isinstance(grads, (tuple, list)) else "")
+        raise AssertionError(f"{case}: {function} must return (dx, dgamma, dbeta), got {got}")
+    return grads[0], grads[1], grads[2]
+
+
+def _reference_grads(forward: Any, dout: Tensor, *leaves: Tensor) -> Tuple[Tensor, List[Tensor]]:
+    """``forward()`` with autograd here, backward with ``dout``: (output, gradients of ``leaves``)."""
+    for leaf in leaves:
+        leaf.grad = None
+    out = forward()
+    out.backward(dout)
+    return out.detach(), [leaf.grad for leaf in leaves]
+
+
+# ----------------------------------------------------------------------------- Part 2: forward, training
+def _check_forward_train(
+    student: Student, case: str, N: int, D: int, momentum: float = 0.1, eps: float = 1e-5, steps: int = 1,
+    dtype: torch.dtype = F64, seed: int = 0,
+) -> None:
+    """``steps`` training-mode calls of batchnorm_forward on ``Tensor[N, D]`` against F.batch_norm, with the
+    running statistics updated in place."""
+    g = torch.Generator().manual_seed(seed)
+    gamma = torch.randn(D, generator=g, dtype=dtype)
+    beta = torch.randn(D, generator=g, dtype=dtype)
+    running_mean = torch.randn(D, generator=g, dtype=dtype)
+    running_var = torch.rand(D, generator=g, dtype=dtype) + 0.5
+    ref_mean, ref_var = running_mean.clone(), running_var.clone()
+    tol = TOL if dtype == F64 else TOL32
+    xs = [torch.randn(N, D, generator=g, dtype=dtype) * 2.0 + 3.0 for _ in range(steps)]
+    got = _run(student, case, "batchnorm_forward", _FORWARD_STEPS, _xs=xs, _gamma=gamma, _beta=beta,
+               _running_mean=running_mean, _running_var=running_var, _momentum=momentum, _eps=eps)
+    if not isinstance(got, list) or len(got) != steps:
+        raise AssertionError(f"{case}: batchnorm_forward did not run {steps} time(s)")
+    for step, (x, (out, mean_after, var_after)) in enumerate(zip(xs, got), start=1):
+        expected = F.batch_norm(x, ref_mean, ref_var, gamma, beta, training=True, momentum=momentum, eps=eps)
+        assert_close(f"{case}, step {step}: out", out, expected, **tol)
+        assert_close(f"{case}, step {step}: running_mean (must be updated in place)", mean_after, ref_mean, **tol)
+        assert_close(f"{case}, step {step}: running_var (in place, unbiased batch variance)", var_after, ref_var, **tol)
+
+
+@grades("test_batchnorm_forward_train")
+def test_batchnorm_forward_train(student: Student) -> None:
+    """Training mode: output and running statistics, one step and several, odd and tiny shapes, float32."""
+    _check_forward_train(student, "batchnorm_forward, training, N=8, D=5", 8, 5)
+    _check_forward_train(student, "batchnorm_forward, training, N=16, D=4, three steps", 16, 4, steps=3, seed=1)
+    _check_forward_train(student, "batchnorm_forward, training, odd shape N=3, D=7, momentum=0.3, eps=1e-3, "
+                         "five steps", 3, 7, momentum=0.3, eps=1e-3, steps=5, seed=11)
+    _check_forward_train(student, "batchnorm_forward, training, smallest batch N=2, D=1", 2, 1, seed=12)
+    _check_forward_train(student, "batchnorm_forward, training, N=50, D=3, momentum=0.01, four steps", 50, 3,
+                         momentum=0.01, steps=4, seed=13)
+    _check_forward_train(student, "batchnorm_forward, training, float32 N=10, D=6", 10, 6, dtype=torch.float32,
+                         seed=14)
+
+
+# ----------------------------------------------------------------------------- Part 2: forward, evaluation
+def _check_forward_eval(student: Student, case: str, N: int, D: int, eps: float = 1e-5, seed: int = 0) -> None:
+    """Evaluation mode: normalise ``Tensor[N, D]`` with the running statistics and leave them untouched."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, D, generator=g, dtype=F64) * 2.0 - 1.0
+    gamma = torch.randn(D, generator=g, dtype=F64)
+    beta = torch.randn(D, generator=g, dtype=F64)
+    running_mean = torch.randn(D, generator=g, dtype=F64)
+    running_var = torch.rand(D, generator=g, dtype=F64) + 0.2
+    out, mean_after, var_after = _run(student, case, "batchnorm_forward", _FORWARD_EVAL, _x=x, _gamma=gamma,
+                                      _beta=beta, _running_mean=running_mean, _running_var=running_var, _eps=eps)
+    expected = F.batch_norm(x, running_mean.clone(), running_var.clone(), gamma, beta, training=False, eps=eps)
+    assert_close(f"{case}: out", out, expected, **TOL)
+    assert_close(f"{case}: running_mean must not change in eval mode", mean_after, running_mean, **EXACT)
+    assert_close(f"{case}: running_var must not change in eval mode", var_after, running_var, **EXACT)
+
+
+@grades("test_batchnorm_forward_eval")
+def test_batchnorm_forward_eval(student: Student) -> None:
+    """Evaluation mode, including a single sample."""
+    _check_forward_eval(student, "batchnorm_forward, eval, N=6, D=4", 6, 4)
+    _check_forward_eval(student, "batchnorm_forward, eval with a single sample, N=1, D=9, eps=1e-2", 1, 9, eps=1e-2,
+                        seed=21)
+    _check_forward_eval(student, "batchnorm_forward, eval, N=7, D=2", 7, 2, seed=22)
+
+
+# ----------------------------------------------------------------------------- Parts 3 and 4: backward
+def _check_norm_backward(
+    student: Student, case: str, backward: str, N: int, D: int, training: bool = True, eps: float = 1e-5,
+    seed: int = 0,
+) -> None:
+    """The student's batchnorm_forward + ``backward`` (by name) against autograd through F.batch_norm, float64
+    (the notebook's ``check_norm_backward``); torch's autograd is refused while the student's code runs."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(N, D, generator=g, dtype=F64) * 2.0 + 1.0).requires_grad_()
+    gamma = torch.randn(D, generator=g, dtype=F64).requires_grad_()
+    beta = torch.randn(D, generator=g, dtype=F64).requires_grad_()
+    running_mean = torch.randn(D, generator=g, dtype=F64)
+    running_var = torch.rand(D, generator=g, dtype=F64) + 0.5
+    dout = torch.randn(N, D, generator=g, dtype=F64)
+    with student.forbid(autograd=True):
+        grads = _run(student, case, f"batchnorm_forward / {backward}", _FORWARD_BACKWARD.format(backward=backward),
+                     _x=x.detach(), _gamma=gamma.detach(), _beta=beta.detach(), _running_mean=running_mean.clone(),
+                     _running_var=running_var.clone(), _training=training, _eps=eps, _dout=dout)
+    _, (x_grad, gamma_grad, beta_grad) = _reference_grads(
+        lambda: F.batch_norm(x, running_mean.clone(), running_var.clone(), gamma, beta, training, 0.1, eps),
+        dout, x, gamma, beta)
+    dx, dgamma, dbeta = _triple(case, backward, grads)
+    assert_close(f"{case}: dx", dx, x_grad, **TOL)
+    assert_close(f"{case}: dgamma", dgamma, gamma_grad, **TOL)
+    assert_close(f"{case}: dbeta", dbeta, beta_grad, **TOL)
+
+
+@grades("test_batchnorm_backward")
+def test_batchnorm_backward(student: Student) -> None:
+    """The staged backward pass: training and evaluation caches, odd shapes, N=2, N=1 in eval."""
+    b = "batchnorm_backward"
+    _check_norm_backward(student, "batchnorm_backward, training, N=5, D=3", b, 5, 3)
+    _check_norm_backward(student, "batchnorm_backward, training, N=32, D=10", b, 32, 10, seed=1)
+    _check_norm_backward(student, "batchnorm_backward, eval-mode cache, N=4, D=6", b, 4, 6, training=False, seed=2)
+    _check_norm_backward(student, "batchnorm_backward, odd shape N=3, D=7, eps=1e-3", b, 3, 7, eps=1e-3, seed=31)
+    _check_norm_backward(student, "batchnorm_backward, smallest batch N=2, D=4", b, 2, 4, seed=32)
+    _check_norm_backward(student, "batchnorm_backward, N=64, D=1", b, 64, 1, seed=33)
+    _check_norm_backward(student, "batchnorm_backward, eval-mode cache, N=1, D=5", b, 1, 5, training=False, seed=34)
+
+
+@grades("test_batchnorm_backward_alt")
+def test_batchnorm_backward_alt(student: Student) -> None:
+    """The closed-form backward pass: training and evaluation caches, odd shapes, N=2, N=100."""
+    b = "batchnorm_backward_alt"
+    _check_norm_backward(student, "batchnorm_backward_alt, training, N=5, D=3", b, 5, 3)
+    _check_norm_backward(student, "batchnorm_backward_alt, eval-mode cache, N=4, D=6", b, 4, 6, training=False)
+    _check_norm_backward(student, "batchnorm_backward_alt, odd shape N=9, D=5, eps=1e-2", b, 9, 5, eps=1e-2, seed=41)
+    _check_norm_backward(student, "batchnorm_backward_alt, smallest batch N=2, D=3", b, 2, 3, seed=42)
+    _check_norm_backward(student, "batchnorm_backward_alt, N=100, D=2", b, 100, 2, seed=43)
+
+
+# ----------------------------------------------------------------------------- Part 6: spatial batch norm
+def _check_spatial(
+    student: Student, case: str, shape: Tuple[int, int, int, int], training: bool = True, momentum: float = 0.1,
+    eps: float = 1e-5, steps: int = 1, seed: int = 0,
+) -> None:
+    """spatial_batchnorm_forward/backward on ``Tensor[N, C, H, W]`` against F.batch_norm and autograd, over
+    ``steps`` steps on the same running buffers."""
+    g = torch.Generator().manual_seed(seed)
+    C = shape[1]
+    gamma = torch.randn(C, generator=g, dtype=F64).requires_grad_()
+    beta = torch.randn(C, generator=g, dtype=F64).requires_grad_()
+    running_mean = torch.randn(C, generator=g, dtype=F64)
+    running_var = torch.rand(C, generator=g, dtype=F64) + 0.5
+    ref_mean, ref_var = running_mean.clone(), running_var.clone()
+    xs = [(torch.randn(shape, generator=g, dtype=F64) * 2.0 + 0.5) for _ in range(steps)]
+    douts = [torch.randn(shape, generator=g, dtype=F64) for _ in range(steps)]
+    with student.forbid(autograd=True):
+        got = _run(student, case, "spatial_batchnorm_forward / spatial_batchnorm_backward", _SPATIAL_STEPS,
+                   _xs=xs, _douts=douts, _gamma=gamma.detach(), _beta=beta.detach(), _running_mean=running_mean,
+                   _running_var=running_var, _training=training, _momentum=momentum, _eps=eps)
+    if not isinstance(got, list) or len(got) != steps:
+        raise AssertionError(f"{case}: spatial_batchnorm_forward did not run {steps} time(s)")
+    for step, (x, dout, (out, mean_after, var_after, grads)) in enumerate(zip(xs, douts, got), start=1):
+        x = x.clone().requires_grad_()
+        expected, (x_grad, gamma_grad, beta_grad) = _reference_grads(
+            lambda: F.batch_norm(x, ref_mean, ref_var, gamma, beta, training, momentum, eps), dout, x, gamma, beta)
+        name = f"{case}, step {step}"
+        assert_close(f"{name}: out", out, expected, **TOL)
+        assert_close(f"{name}: running_mean", mean_after, ref_mean, **TOL)
+        assert_close(f"{name}: running_var", var_after, ref_var, **TOL)
+        dx, dgamma, dbeta = _triple(name, "spatial_batchnorm_backward", grads)
+        assert_close(f"{name}: dx", dx, x_grad, **TOL)
+        assert_close(f"{name}: dgamma", dgamma, gamma_grad, **TOL)
+        assert_close(f"{name}: dbeta", dbeta, beta_grad, **TOL)
+
+
+@grades("test_spatial_batchnorm")
+def test_spatial_batchnorm(student: Student) -> None:
+    """Spatial BN: training and eval, one image, 1x1 maps, odd shapes, several steps."""
+    _check_spatial(student, "spatial batchnorm, training, x [2, 3, 4, 5]", (2, 3, 4, 5))
+    _check_spatial(student, "spatial batchnorm, eval, x [4, 2, 3, 3]", (4, 2, 3, 3), training=False, seed=1)
+    _check_spatial(student, "spatial batchnorm, one image x [1, 4, 3, 3], momentum=0.3, three steps", (1, 4, 3, 3),
+                   momentum=0.3, steps=3, seed=51)
+    _check_spatial(student, "spatial batchnorm, 1x1 maps x [5, 2, 1, 1]", (5, 2, 1, 1), seed=52)
+    _check_spatial(student, "spatial batchnorm, odd shape x [3, 5, 7, 2], eps=1e-3, two steps", (3, 5, 7, 2),
+                   eps=1e-3, steps=2, seed=53)
+    _check_spatial(student, "spatial batchnorm, eval, x [2, 6, 5, 1]", (2, 6, 5, 1), training=False, seed=54)
+
+
+# ----------------------------------------------------------------------------- Part 7: layer and group norm
+def _check_forward_backward(student: Student, case: str, forward: str, backward: str, x: Tensor, gamma: Tensor,
+                            beta: Tensor, dout: Tensor, extra: Sequence[Any], eps: float, reference: Any) -> None:
+    """``forward(x, gamma, beta, *extra, eps=eps)`` then ``backward(dout, cache)`` in the kernel, against
+    ``reference(x, gamma, beta)`` and autograd through it here."""
+    with student.forbid(autograd=True):
+        got = _run(student, case, f"{forward} / {backward}",
+                   _NORM_FORWARD_BACKWARD.format(forward=forward, backward=backward),
+                   _x=x.detach(), _gamma=gamma.detach(), _beta=beta.detach(), _dout=dout, _extra=list(extra), _eps=eps)
+    expected, (x_grad, gamma_grad, beta_grad) = _reference_grads(lambda: reference(x, gamma, beta), dout,
+                                                                 x, gamma, beta)
+    out, grads = got
+    assert_close(f"{case}: out", out, expected, **TOL)
+    dx, dgamma, dbeta = _triple(case, backward, grads)
+    assert_close(f"{case}: dx", dx, x_grad, **TOL)
+    assert_close(f"{case}: dgamma", dgamma, gamma_grad, **TOL)
+    assert_close(f"{case}: dbeta", dbeta, beta_grad, **TOL)
+
+
+def _check_layernorm(
+    student: Student, case: str, N: int, D: int, eps: float = 1e-5, shift: float = 1.0, seed: int = 0,
+) -> None:
+    """layernorm_forward/backward on ``Tensor[N, D]`` against F.layer_norm and autograd."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(N, D, generator=g, dtype=F64) * 3.0 + shift).requires_grad_()
+    gamma = torch.randn(D, generator=g, dtype=F64).requires_grad_()
+    beta = torch.randn(D, generator=g, dtype=F64).requires_grad_()
+    dout = torch.randn(N, D, generator=g, dtype=F64)
+    _check_forward_backward(student, case, "layernorm_forward", "layernorm_backward", x, gamma, beta, dout, (), eps,
+                            lambda x_, w_, b_: F.layer_norm(x_, (D,), w_, b_, eps))
+
+
+@grades("test_layernorm")
+def test_layernorm(student: Student) -> None:
+    """Layer norm: a single sample, two features, large offsets."""
+    _check_layernorm(student, "layernorm, N=4, D=6", 4, 6)
+    _check_layernorm(student, "layernorm, a single sample N=1, D=9", 1, 9, seed=61)
+    _check_layernorm(student, "layernorm, two features N=7, D=2, eps=1e-3", 7, 2, eps=1e-3, seed=62)
+    _check_layernorm(student, "layernorm, N=5, D=33, inputs offset by 50", 5, 33, shift=50.0, seed=63)
+
+
+def _check_groupnorm(
+    student: Student, case: str, shape: Tuple[int, int, int, int], num_groups: int, eps: float = 1e-5,
+    seed: int = 0,
+) -> None:
+    """groupnorm_forward/backward on ``Tensor[N, C, H, W]`` against F.group_norm and autograd."""
+    g = torch.Generator().manual_seed(seed)
+    C = shape[1]
+    x = (torch.randn(shape, generator=g, dtype=F64) * 2.0 - 1.0).requires_grad_()
+    gamma = torch.randn(C, generator=g, dtype=F64).requires_grad_()
+    beta = torch.randn(C, generator=g, dtype=F64).requires_grad_()
+    dout = torch.randn(shape, generator=g, dtype=F64)
+    _check_forward_backward(student, case, "groupnorm_forward", "groupnorm_backward", x, gamma, beta, dout,
+                            (num_groups,), eps, lambda x_, w_, b_: F.group_norm(x_, num_groups, w_, b_, eps))
+
+
+@grades("test_groupnorm")
+def test_groupnorm(student: Student) -> None:
+    """Group norm: several groups, one group (LN), one channel per group (IN), one image, 1x1 maps."""
+    _check_groupnorm(student, "groupnorm, x [2, 6, 4, 4], 3 groups", (2, 6, 4, 4), 3)
+    _check_groupnorm(student, "groupnorm, x [2, 4, 3, 3], 1 group (layer norm)", (2, 4, 3, 3), 1, seed=1)
+    _check_groupnorm(student, "groupnorm, one group per channel (instance norm), x [3, 5, 4, 2]", (3, 5, 4, 2), 5,
+                     seed=71)
+    _check_groupnorm(student, "groupnorm, x [1, 8, 5, 3], 2 groups, eps=1e-3", (1, 8, 5, 3), 2, eps=1e-3, seed=72)
+    _check_groupnorm(student, "groupnorm, x [4, 12, 1, 1], 4 groups", (4, 12, 1, 1), 4, seed=73)
+    _check_groupnorm(student, "groupnorm, x [2, 9, 3, 7], 3 groups", (2, 9, 3, 7), 3, seed=74)
+
+
+# ----------------------------------------------------------------------------- Part 8: the module
+def _run_reference(module: nn.Module, xs: Sequence[Tensor], douts: Sequence[Tensor], steps: int,
+                   lr: float) -> List[Dict[str, Tensor]]:
+    """The notebook's ``run()`` for nn.BatchNorm2d: ``steps`` SGD training steps, then one eval step;
+    records the output, the gradients and the state after each forward/backward."""
+    optimizer = torch.optim.SGD(module.parameters(), lr=lr)
+    records = []
+    for step, (x, dout) in enumerate(zip(xs, douts)):
+        module.train(step < steps)
+        x = x.clone().requires_grad_()
+        out = module(x)
+        out.backward(dout)
+        records.append({"output": out.detach(), "gradient of the input": x.grad,
+                        "weight.grad": module.weight.grad.clone(), "bias.grad": module.bias.grad.clone(),
+                        **{key: value.clone() for key, value in module.state_dict().items()}})
+        optimizer.step()
+        optimizer.zero_grad()
+    return records
+
+
+def _check_module(
+    student: Student, case: str, C: int, shape: Tuple[int, int, int], eps: float = 1e-5, momentum: float = 0.1,
+    steps: int = 2, lr: float = 0.1, seed: int = 0,
+) -> None:
+    """The student's BatchNorm2d against nn.BatchNorm2d: same state_dict keys, the reference's initial state
+    loaded, ``steps`` SGD steps in training mode through a torch.autograd.Function, then one in eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reference = torch.nn.BatchNorm2d(C, eps=eps, momentum=momentum).double()
+        with torch.no_grad():
+            reference.weight.normal_()
+            reference.bias.normal_()
+    initial_state = copy.deepcopy(reference.state_dict())
+    classes = _run(student, case, "BatchNorm2d", _MODULE_CLASSES)
+    if not isinstance(classes, list) or "torch.nn.modules.batchnorm._NormBase" in classes:
+        raise AssertionError(f"{case}: BatchNorm2d must not subclass torch's batch-norm layers")
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(shape[0], C, *shape[1:], generator=g, dtype=F64) * 1.5 + 0.7 for _ in range(steps + 1)]
+    douts = [torch.randn(x.shape, generator=g, dtype=F64) for x in xs]
+
+    state = _run(student, case, f"BatchNorm2d({C}, eps={eps}, momentum={momentum}).double()", _MODULE_BUILD,
+                 _args=[C], _kwargs={"eps": eps, "momentum": momentum})
+    keys, expected_keys = _run(student, case, "BatchNorm2d.state_dict", _MODULE_KEYS, _state=state), list(initial_state)
+    if keys != expected_keys:
+        raise AssertionError(f"{case}: state_dict keys {keys}, expected {expected_keys}")
+    _run(student, case, "BatchNorm2d.load_state_dict", _MODULE_LOAD, _state=state, _initial_state=initial_state, _lr=lr)
+    got: List[Dict[str, Any]] = []
+    for step, (x, dout) in enumerate(zip(xs, douts)):
+        training = step < steps
+        mode = f"training step {step + 1}" if training else "eval after training"
+        grad_fn_classes = _run(student, f"{case}, {mode}", "BatchNorm2d.forward", _MODULE_FORWARD, _state=state,
+                               _training=training, _x=x)
+        if not isinstance(grad_fn_classes, list) or "torch.autograd.function.BackwardCFunction" not in grad_fn_classes:
+            kind = str(grad_fn_classes[0]).rsplit(".", 1)[-1] if isinstance(grad_fn_classes, list) and grad_fn_classes \
+                else "unknown"
+            raise AssertionError(f"{case}: the output must come from a torch.autograd.Function (grad_fn is {kind})")
+        with student.forbid(python=["torch.autograd.grad"]):
+            record = _run(student, f"{case}, {mode}", "the backward pass of BatchNorm2dFunction", _MODULE_BACKWARD,
+                          _state=state, _dout=dout)
+        got.append(record if isinstance(record, dict) else {})
+    expected = _run_reference(reference, xs, douts, steps, lr)
+    for step, (mine, theirs) in enumerate(zip(got, expected)):
+        name = f"{case}, {'training step ' + str(step + 1) if step < steps else 'eval after training'}"
+        for key, value in theirs.items():
+            if key not in mine:
+                raise AssertionError(f"{name}: {key} is missing (not in the module's state_dict)")
+            assert_close(f"{name}: {key}", mine[key], value, **TOL)
+
+
+@grades("test_batchnorm2d_module")
+def test_batchnorm2d_module(student: Student) -> None:
+    """The module: construction, state_dict keys, training steps, eval; other eps/momentum, 1x1 maps, one image."""
+    _run(student, "BatchNorm2d(4)", "BatchNorm2d(4)", "result = None\nBatchNorm2d(4)")
+    _check_module(student, "BatchNorm2d(3), x [4, 3, 5, 5]", 3, (4, 5, 5))
+    _check_module(student, "BatchNorm2d(5, eps=1e-3, momentum=0.3), four steps, x [2, 5, 3, 4]", 5, (2, 3, 4),
+                  eps=1e-3, momentum=0.3, steps=4, seed=81)
+    _check_module(student, "BatchNorm2d(2), 1x1 maps, x [6, 2, 1, 1], three steps", 2, (6, 1, 1), steps=3, lr=0.5,
+                  seed=82)
+    _check_module(student, "BatchNorm2d(7), one image x [1, 7, 4, 3]", 7, (1, 4, 3), steps=2, seed=83)
+
+
+# ----------------------------------------------------------------------------- Part 9: folding
+def _expect_tensor(name: str, value: Any, shape: Sequence[int]) -> Tensor:
+    """``value`` as a float64 ``Tensor[shape]``, or a failure naming the case (checked before it is used here)."""
+    if not isinstance(value, Tensor):
+        raise AssertionError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    assert_close(f"{name} shape", torch.tensor(value.shape), torch.tensor(list(shape)))
+    if value.dtype != F64:
+        raise AssertionError(f"{name}: wrong dtype, expected {F64}, got {value.dtype}")
+    return value.detach()
+
+
+def _check_fold(
+    student: Student, case: str, in_ch: int, out_ch: int, k: int, with_bias: bool = True, eps: float = 1e-5,
+    stride: int = 1, padding: int = 0, groups: int = 1, seed: int = 0,
+) -> None:
+    """A convolution with the folded parameters equals the convolution followed by BN (eval), computed here;
+    the inputs stay untouched."""
+    g = torch.Generator().manual_seed(seed)
+    conv_weight = torch.randn(out_ch, in_ch // groups, k, k, generator=g, dtype=F64)
+    conv_bias = torch.randn(out_ch, generator=g, dtype=F64) if with_bias else None
+    bn_weight = torch.randn(out_ch, generator=g, dtype=F64)
+    bn_bias = torch.randn(out_ch, generator=g, dtype=F64)
+    running_mean = torch.randn(out_ch, generator=g, dtype=F64)
+    running_var = torch.rand(out_ch, generator=g, dtype=F64) + 0.1
+    x = torch.randn(2, in_ch, 7, 6, generator=g, dtype=F64)
+    returned, after = _run(student, case, "fold_batchnorm", _FOLD, _conv_weight=conv_weight, _conv_bias=conv_bias,
+                           _bn_weight=bn_weight, _bn_bias=bn_bias, _running_mean=running_mean,
+                           _running_var=running_var, _eps=eps)
+    if not isinstance(returned, (tuple, list)) or len(returned) != 2:
+        raise AssertionError(f"{case}: fold_batchnorm must return (weight, bias), got {type(returned).__name__}")
+    weight = _expect_tensor(f"{case}: folded weight", returned[0], conv_weight.shape)
+    bias = _expect_tensor(f"{case}: folded bias", returned[1], [out_ch])
+    conv_out = F.conv2d(x, conv_weight, conv_bias, stride=stride, padding=padding, groups=groups)
+    expected = F.batch_norm(conv_out, running_mean, running_var, bn_weight, bn_bias, training=False, eps=eps)
+    got = F.conv2d(x, weight, bias, stride=stride, padding=padding, groups=groups)
+    assert_close(f"{case}: conv with folded parameters vs conv + BN", got, expected, **TOL)
+    names = ["conv_weight", "conv_bias", "bn_weight", "bn_bias", "running_mean", "running_var"]
+    for name, before, now in zip(names, (conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var), after):
+        if before is not None:
+            assert_close(f"{case}: {name} must not be modified", now, before, **EXACT)
+
+
+@grades("test_fold_batchnorm")
+def test_fold_batchnorm(student: Student) -> None:
+    """Folding: with and without bias, 1x1, stride and padding, grouped and depthwise convolutions."""
+    _check_fold(student, "fold_batchnorm, conv 3->4, 3x3, with bias", 3, 4, 3)
+    _check_fold(student, "fold_batchnorm, conv 2->5, 1x1, no bias", 2, 5, 1, with_bias=False, seed=1)
+    _check_fold(student, "fold_batchnorm, conv 4->6 5x5, stride 2, padding 2, eps=1e-3", 4, 6, 5, eps=1e-3, stride=2,
+                padding=2, seed=91)
+    _check_fold(student, "fold_batchnorm, grouped conv 6->9, groups=3, with bias", 6, 9, 3, groups=3, seed=92)
+    _check_fold(student, "fold_batchnorm, depthwise 4->4, no bias", 4, 4, 3, with_bias=False, groups=4, padding=1,
+                seed=93)
