@@ -33,6 +33,7 @@ _load = torch.load
 _Tensor = torch.Tensor
 _current_autograd_node = torch._C._current_autograd_node
 _MAX_TEXT = 20_000
+_NO_KEY = object()
 _AGENT_FILE = "<grading-agent>"
 
 
@@ -162,6 +163,8 @@ class _PythonGuard:
                 self.codes.setdefault(code, path)
             if not _code_objects(obj):
                 self.builtins.setdefault(id(obj), path)
+        if paths or no_autograd or guard_modes:
+            self.builtins.update(_ALWAYS_BUILTINS)
         self.active = bool(self.codes or self.builtins)
         self.paused = False
 
@@ -201,6 +204,7 @@ _REFUSED_EVENTS = {"os.fork": "starting a process", "os.forkpty": "starting a pr
                    "os.spawn": "starting a process", "os.system": "starting a process", "os.exec": "starting a process",
                    "sys.setprofile": "switching the profiler", "sys.settrace": "switching the tracer"}
 _VIOLATIONS_NOW = []
+_ALWAYS_BUILTINS = {}   # id -> what it means: C functions refused in every guarded call
 
 
 def _audit(event, args):
@@ -214,6 +218,7 @@ def _guard_threads():
     import threading
 
     original = _thread.start_new_thread
+    _ALWAYS_BUILTINS[id(original)] = "starting a thread during a graded call"
 
     def start_new_thread(*args, **kwargs):
         if _SERVING[0]:
@@ -288,12 +293,25 @@ class Agent:
         if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
             items = [self.encode(v, depth + 1) for v in value]
             return items if isinstance(value, list) else tuple(items)
-        if isinstance(value, dict) and all(isinstance(k, (str, int)) for k in value):
-            return {"__dict__": [(k, self.encode(v, depth + 1)) for k, v in value.items()]}
+        if isinstance(value, dict):
+            keys = [self._key(k) for k in value]
+            if all(k is not _NO_KEY for k in keys):
+                return {"__dict__": [(k, self.encode(v, depth + 1)) for k, v in zip(keys, value.values())]}
         handle = self.next_id
         self.next_id += 1
         self.objects[handle] = value
         return {"__handle__": handle, "type": type(value).__name__[:200]}
+
+    @staticmethod
+    def _key(key):
+        """A dict key as plain data (numpy integers become ints), or _NO_KEY."""
+        if type(key) in (str, int, float, bool) or key is None:
+            return key
+        if type(key).__module__ == "numpy" and hasattr(key, "item"):
+            return key.item()
+        if isinstance(key, tuple) and all(type(k) in (str, int, float, bool) for k in key):
+            return tuple(key)
+        return _NO_KEY
 
     def decode(self, value):
         if isinstance(value, dict):
@@ -358,7 +376,8 @@ class Agent:
                     try:
                         guard.__enter__()
                         try:
-                            value = self._run(request)
+                            # encoded inside the guard: a patched Tensor.clone or __iter__ is student code too
+                            encoded = self.encode(self._run(request))
                         finally:
                             python_guard.paused = True   # the guard's own exit pops its mode
                             guard.__exit__(None, None, None)
@@ -366,7 +385,7 @@ class Agent:
                         _SERVING[0] = False   # ... and restores it after serving ended
             finally:
                 violations.extend(v for v in _VIOLATIONS_NOW if v not in violations)
-            response = {"ok": True, "value": self.encode(value), "violations": violations}
+            response = {"ok": True, "value": encoded, "violations": violations}
         except BaseException as exc:  # noqa: BLE001 - everything the student's code raises is reported
             response = {"ok": False, "error_type": type(exc).__name__[:200], "message": str(exc)[:_MAX_TEXT],
                         "traceback": _student_traceback(exc), "violations": violations}

@@ -30,7 +30,8 @@ PATTERNS = [
     ("patching library code", r"^\s*(?:torch|torchvision|utils|np|numpy|F|nn)\.[\w.]+\s*=[^=]|"
                               r"\bsetattr\s*\(\s*(?:torch|torchvision|utils|F|nn)\b"),
     ("frames / tracing", r"\bsys\._getframe\b|\binspect\b|\bf_back\b|\bf_globals\b|\bf_locals\b|\bsettrace\b|"
-                         r"\bsetprofile\b|\bgc\.get_objects\b|\bgc\.get_referrers\b|\bctypes\b"),
+                         r"\bsetprofile\b|\bgetprofile\b|\bgettrace\b|\b__closure__\b|\bcell_contents\b|\b__globals__\b|"
+                         r"\b__code__\b|\bgc\.get_objects\b|\bgc\.get_referrers\b|\bgc\.get_referents\b|\bctypes\b"),
     ("files", r"\bopen\s*\(|\bPath\s*\(|\bos\.(?:remove|unlink|rename|replace|listdir|scandir|walk|chmod|symlink)\b|"
               r"\bshutil\b|\bglob\b|\b__file__\b"),
     ("processes", r"\bsubprocess\b|\bos\.(?:system|popen|fork|exec\w*|spawn\w*)\b|\bmultiprocessing\b|\bpty\b"),

@@ -255,3 +255,17 @@ def test_grading_refuses_to_run_without_a_sandbox_unless_told(tmp_path, monkeypa
         pre.preprocess(nbformat.v4.new_notebook(), {"metadata": {"path": str(tmp_path)}})
     monkeypatch.setenv("DLCV_UNSANDBOXED", "1")
     assert sandbox.unsandboxed_allowed()
+
+
+def test_results_are_encoded_under_the_guard_and_numpy_values_cross(tmp_path):
+    ns: dict = {}
+    exec("import numpy as np, torch, torchvision\n"
+         "class Sneaky(torch.Tensor):\n    pass\n"
+         "def stats(x):\n    return {np.int64(1): np.float64(x.sum()), 'n': np.int32(3)}\n"
+         "class Answer:\n    def __iter__(self):\n"
+         "        return iter([torchvision.ops.box_iou(torch.ones(1, 4), torch.ones(1, 4))])\n"
+         "def cheat():\n    return list(Answer())\n", ns)
+    s = _student(ns, tmp_path, forbid=dict(python=["torchvision.ops.box_iou"]))
+    assert s.call("stats", torch.ones(3)) == {1: 3.0, "n": 3}
+    with pytest.raises(trusted.ForbiddenUse):
+        s.call("cheat")
