@@ -32,12 +32,12 @@ PATTERNS = [
     ("frames / tracing", r"\bsys\._getframe\b|\binspect\b|\bf_back\b|\bf_globals\b|\bf_locals\b|\bsettrace\b|"
                          r"\bsetprofile\b|\bgetprofile\b|\bgettrace\b|\b__closure__\b|\bcell_contents\b|\b__globals__\b|"
                          r"\b__code__\b|\bgc\.get_objects\b|\bgc\.get_referrers\b|\bgc\.get_referents\b|\bctypes\b"),
-    ("files", r"\bopen\s*\(|\bPath\s*\(|\bos\.(?:remove|unlink|rename|replace|listdir|scandir|walk|chmod|symlink)\b|"
+    ("files", r"(?<![.\w])open\s*\(|\bPath\s*\(|\bos\.(?:remove|unlink|rename|replace|listdir|scandir|walk|chmod|symlink)\b|"
               r"\bshutil\b|\bglob\b|\b__file__\b"),
     ("processes", r"\bsubprocess\b|\bos\.(?:system|popen|fork|exec\w*|spawn\w*)\b|\bmultiprocessing\b|\bpty\b"),
-    ("signals / exit", r"\bsignal\b|\bos\.kill\b|\bos\._exit\b|\bsys\.exit\b|\bquit\s*\(|\bexit\s*\("),
+    ("signals / exit", r"\bsignal\b|\bos\.kill\b|\bos\._exit\b|\bsys\.exit\b|(?<![.\w])quit\s*\(|(?<![.\w])exit\s*\("),
     ("network", r"\bsocket\b|\burllib\b|\brequests\b|\bhttp\.client\b"),
-    ("exec / eval", r"\bexec\s*\(|\beval\s*\(|\bcompile\s*\("),
+    ("exec / eval", r"(?<![.\w])exec\s*\(|(?<![.\w])eval\s*\(|(?<![.\w])compile\s*\("),
     ("swallowed exceptions", r"except\s+BaseException|except\s*:"),
 ]
 _COMPILED = [(flag, re.compile(rx, re.MULTILINE)) for flag, rx in PATTERNS]
