@@ -9,6 +9,7 @@ is tested is exactly what instructors run.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import os
 import re
@@ -159,6 +160,41 @@ def summary(scores: Mapping[str, Score], assignment: str) -> str:
     return "\n".join(lines)
 
 
+def _release_cells(assignment: str) -> tuple:
+    """(grade_id -> the release's nbgrader metadata, the release notebook's metadata)."""
+    release = nbformat.read(ASSIGNMENTS / assignment / f"{assignment}.ipynb", as_version=4)
+    cells = {c.metadata["nbgrader"]["grade_id"]: c.metadata["nbgrader"] for c in release.cells
+             if "grade_id" in c.get("metadata", {}).get("nbgrader", {})}
+    return cells, release.metadata
+
+
+def sanitize_notebook(path: Path, assignment: str) -> None:
+    """Rewrite a submitted notebook's metadata from the release before nbgrader reads it: a cell keeps
+    nbgrader metadata only for a grade_id of the release (the first cell that claims it), and then
+    exactly the release's; the notebook's metadata is the release's. A student's metadata (an old
+    schema version, a forged test cell, another kernel) can otherwise make nbgrader stop the whole
+    run, for every student after them. A file that is not a notebook is left for nbgrader to refuse."""
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception:  # noqa: BLE001 - nbgrader reports it for this student alone
+        return
+    cells, metadata = _release_cells(assignment)
+    seen = set()
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader")
+        if meta is None:
+            continue
+        grade_id = meta.get("grade_id") if isinstance(meta, dict) else None
+        if grade_id in cells and grade_id not in seen:
+            cell.metadata["nbgrader"] = copy.deepcopy(cells[grade_id])
+            seen.add(grade_id)
+        else:
+            del cell.metadata["nbgrader"]
+    nb.metadata = copy.deepcopy(metadata)
+    nb.nbformat, nb.nbformat_minor = 4, max(int(nb.get("nbformat_minor", 4) or 4), 4)
+    nbformat.write(nb, path)
+
+
 def _copy_regular_files(source: Path, dest: Path, limit: int = 50 << 20) -> None:
     """Copy a submission folder without symlinks, devices or more than ``limit`` bytes: what nbgrader
     reads of a student's hand-in is plain files inside the course."""
@@ -244,6 +280,8 @@ def autograde_folder(submissions: Path, root: Path = REPO, jobs: int = 1) -> Dic
                 for student in part:
                     _copy_regular_files(submissions / student / assignment, inbox / student / assignment)
                     flags += review.scan_folder(inbox / student / assignment, student, assignment)
+                    for notebook in (inbox / student / assignment).glob("*.ipynb"):
+                        sanitize_notebook(notebook, assignment)
                 inboxes.append(inbox)
             start = time.perf_counter()
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -251,12 +289,17 @@ def autograde_folder(submissions: Path, root: Path = REPO, jobs: int = 1) -> Dic
             failed: Dict[str, str] = {}
             for run in runs:
                 failed.update(_failed_students(run.stdout + "\n" + run.stderr))
-            locked = [s for s, why in failed.items() if "locked" in why]
-            for student in locked:  # sqlite under concurrent writers: grade those again, alone
+            done = {s for s in students if (root / "autograded" / s / assignment / f"{assignment}.ipynb").exists()}
+            # graded again, each alone: a student whose run hit a locked sqlite gradebook (concurrent
+            # writers), and every student a run never reached (nbgrader stops a whole run on some errors)
+            retry = [s for s in students if s not in done and ("locked" in failed.get(s, "") or s not in failed)]
+            for student in retry:
                 inbox = work / f"retry-{assignment}-{student}"
                 _copy_regular_files(submissions / student / assignment, inbox / student / assignment)
+                for notebook in (inbox / student / assignment).glob("*.ipynb"):
+                    sanitize_notebook(notebook, assignment)
                 run = _grade_part(assignment, inbox, root)
-                failed.pop(student)
+                failed.pop(student, None)
                 failed.update(_failed_students(run.stdout + "\n" + run.stderr))
             seconds = time.perf_counter() - start
             for student in students:

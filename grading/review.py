@@ -63,10 +63,28 @@ def _release_lines(assignment: str) -> Set[str]:
 _CACHE: Dict[str, Set[str]] = {}
 
 
+def _release_ids(assignment: str) -> Set[str]:
+    path = ASSIGNMENTS / assignment / f"{assignment}.ipynb"
+    if not path.exists():
+        return set()
+    nb = nbformat.read(path, as_version=4)
+    return {c.metadata["nbgrader"].get("grade_id", "") for c in nb.cells if "nbgrader" in c.get("metadata", {})}
+
+
 def scan_notebook(nb: nbformat.NotebookNode, student: str, assignment: str) -> List[Flag]:
-    """Flags for the lines of ``nb`` that the release does not have."""
+    """Flags for the lines of ``nb`` that the release does not have, and for forged nbgrader metadata."""
     known = _CACHE.setdefault(assignment, _release_lines(assignment))
+    ids = _CACHE.setdefault(f"{assignment}:ids", _release_ids(assignment))
     found: List[Flag] = []
+    seen: Set[str] = set()
+    for index, cell in enumerate(nb.get("cells", [])):
+        meta = cell.get("metadata", {}).get("nbgrader")
+        if meta is None:
+            continue
+        grade_id = meta.get("grade_id", "") if isinstance(meta, dict) else ""
+        if grade_id not in ids or grade_id in seen:
+            found.append(Flag(student, assignment, index, "forged nbgrader metadata", str(grade_id)[:200]))
+        seen.add(grade_id)
     for index, cell in enumerate(nb.get("cells", [])):
         if cell.get("cell_type") != "code":
             continue

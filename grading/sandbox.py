@@ -48,13 +48,17 @@ LIMITS: Dict[str, int] = {
 }
 
 
+_KERNELS_STARTED = [0]
+
+
 def sandbox_uid() -> int:
-    """The uid a graded kernel runs as. As root, one of its own per grading process (so that the process
-    limit of one student's kernel is not shared with a kernel graded beside it); in a user namespace,
-    65534 inside (the grader's own uid outside)."""
+    """The uid a graded kernel runs as. As root, an unused uid of its own for every kernel (so that the
+    process limit, and any process a submission leaves behind, never touch the next kernel or one graded
+    beside it); in a user namespace, 65534 inside (the grader's own uid outside)."""
     if os.geteuid() != 0:
         return SANDBOX_UID
-    return 200_000 + os.getpid() % 100_000
+    _KERNELS_STARTED[0] += 1
+    return 1_000_000 + (os.getpid() % 100_000) * 1_000 + _KERNELS_STARTED[0] % 1_000
 
 
 def available() -> bool:

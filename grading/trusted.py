@@ -60,7 +60,7 @@ import torch
 from nbformat import NotebookNode
 from traitlets import Integer, Unicode
 
-from nbgrader.preprocessors import Execute
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 
 from . import sandbox
 
@@ -329,7 +329,33 @@ def sandbox_cpu_seconds(root_pid: int) -> float:
     return total
 
 
-# ----------------------------------------------------------------------------- the nbgrader preprocessor
+# ----------------------------------------------------------------------------- the nbgrader preprocessors
+class DropForgedMetadata(NbGraderPreprocessor):
+    """First of ``Autograde.sanitize_preprocessors``: nbgrader metadata on a cell whose grade_id the source
+    does not have (a student's own "test" worth points, malformed metadata) is removed, so the cell is
+    ordinary code. Without this, nbgrader refuses the whole notebook ("metadata may be corrupted")."""
+
+    def preprocess(self, nb: NotebookNode, resources: Dict[str, Any]):
+        from nbgrader.api import Gradebook, MissingEntry
+
+        info = resources.get("nbgrader", {})
+        try:
+            with Gradebook(info["db_url"]) as gb:
+                source = gb.find_notebook(info["notebook"], info["assignment"])
+                known = {cell.name for cell in source.source_cells}
+        except (KeyError, MissingEntry):
+            return nb, resources
+        for cell in nb.cells:
+            meta = cell.get("metadata", {}).get("nbgrader")
+            if meta is None:
+                continue
+            if not isinstance(meta, dict) or meta.get("grade_id") not in known:
+                self.log.warning("dropping nbgrader metadata the source does not have: %r", str(meta)[:200])
+                del cell.metadata["nbgrader"]
+        return nb, resources
+
+
+
 def _verdict_outputs(cell_id: str, error: Optional[BaseException], seconds: float) -> List[NotebookNode]:
     if error is None:
         text = f"{cell_id}: passed (checked by the course's grader, {seconds:.1f} s)\n"

@@ -359,8 +359,8 @@ def _hidden_lines(assignment: str):
                                                        as_version=4), kinds=("HIDDEN TESTS",))
     hidden += [line.strip() for line in (REPO / "grading" / "hidden" / f"{assignment}.py").read_text().split("\n")]
     student = submissions.student_notebook(assignment)
-    visible = {line.strip() for cell in student.cells for line in cell.source.split("\n")}
-    return [line for line in hidden if len(line) > 30 and line not in visible]
+    visible = re.sub(r"\s+", " ", "\n".join(cell.source for cell in student.cells))  # the student's own code too
+    return [line for line in hidden if len(line) > 30 and re.sub(r"\s+", " ", line) not in visible]
 
 
 def _feedback_text(course: pipeline.Course, student: str, assignment: str) -> str:

@@ -187,14 +187,15 @@ def _with_cell(nb: nbformat.NotebookNode, code: str, after: str = "") -> nbforma
 
 def _with_forged_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The student marks a cell of their own as an autograded test worth 50 points (with a passing
-    output), claims a real test's grade_id for another, and points the kernelspec elsewhere."""
+    output), claims a real test's grade_id for another with an old metadata schema (which makes nbgrader
+    stop a whole run), and points the kernelspec elsewhere."""
     nb = copy.deepcopy(nb)
     bonus = nbformat.v4.new_code_cell("print('bonus')", metadata={"nbgrader": {
         "grade": True, "grade_id": "bonus_points", "points": 50, "locked": False, "solution": False,
         "schema_version": 3, "task": False}})
     bonus.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "50"}, execution_count=1)]
     first_test = next(c for c in nb.cells if nbgrader_meta(c).get("grade"))
-    twin = nbformat.v4.new_code_cell("pass", metadata={"nbgrader": dict(nbgrader_meta(first_test))})
+    twin = nbformat.v4.new_code_cell("pass", metadata={"nbgrader": dict(nbgrader_meta(first_test), schema_version=1)})
     nb.cells[1:1] = [bonus, twin]
     nb.metadata["kernelspec"] = {"name": "evil", "display_name": "evil", "language": "python"}
     return nb
@@ -373,6 +374,7 @@ def test_the_review_list_flags_hostile_code_and_not_honest_code(redteam):
     rows = list(csv.DictReader(open(redteam["course"].root / "review.csv")))
     flagged = {r["student"] for r in rows}
     assert not flagged & {"aaa_classmate", "zzz_classmate", "base_solution", "base_blank", "base_bug"}, flagged
-    expected = {s for s, _ in _hostile()}
+    # exhausting memory or output needs no suspicious code: the limits answer those, not the review list
+    expected = {s for s, _ in _hostile()} - {"attack_allocates_past_memory_limit", "attack_prints_hundreds_of_megabytes"}
     assert expected <= flagged, f"not flagged: {sorted(expected - flagged)}"
     assert "review list" in redteam["out"].stdout
