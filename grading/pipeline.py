@@ -25,6 +25,7 @@ from typing import Dict, Iterable, List, Mapping, Optional
 
 import nbformat
 
+from . import sandbox
 from .paths import ASSIGNMENTS, REPO, SOLUTIONS
 
 
@@ -195,22 +196,6 @@ def sanitize_notebook(path: Path, assignment: str) -> None:
     nbformat.write(nb, path)
 
 
-def _copy_regular_files(source: Path, dest: Path, limit: int = 50 << 20) -> None:
-    """Copy a submission folder without symlinks, devices or more than ``limit`` bytes: what nbgrader
-    reads of a student's hand-in is plain files inside the course."""
-    total = 0
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in sorted(source.rglob("*")):
-        if path.is_symlink() or not path.is_file() or any(part.startswith(".") for part in path.relative_to(source).parts):
-            continue
-        total += path.stat().st_size
-        if total > limit:
-            break
-        target = dest / path.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target, follow_symlinks=False)
-
-
 def _failed_students(log: str) -> Dict[str, str]:
     """student -> reason, from nbgrader's log of one autograde run."""
     failed: Dict[str, str] = {}
@@ -243,7 +228,7 @@ def autograde_folder(submissions: Path, root: Path = REPO, jobs: int = 1) -> Dic
     submission does. ``review.csv`` lists suspicious code for the instructor to read
     (:mod:`grading.review`; flags never change a score). ``jobs`` nbgrader processes share the work.
     """
-    from . import review, sandbox
+    from . import review
 
     submissions, root = Path(submissions).resolve(), Path(root).resolve()
     if not submissions.is_dir():
@@ -278,7 +263,7 @@ def autograde_folder(submissions: Path, root: Path = REPO, jobs: int = 1) -> Dic
             for k, part in enumerate(parts):
                 inbox = work / f"inbox-{assignment}-{k}"
                 for student in part:
-                    _copy_regular_files(submissions / student / assignment, inbox / student / assignment)
+                    sandbox.copy_plain_files(submissions / student / assignment, inbox / student / assignment)
                     flags += review.scan_folder(inbox / student / assignment, student, assignment)
                     for notebook in (inbox / student / assignment).glob("*.ipynb"):
                         sanitize_notebook(notebook, assignment)
@@ -295,7 +280,7 @@ def autograde_folder(submissions: Path, root: Path = REPO, jobs: int = 1) -> Dic
             retry = [s for s in students if s not in done and ("locked" in failed.get(s, "") or s not in failed)]
             for student in retry:
                 inbox = work / f"retry-{assignment}-{student}"
-                _copy_regular_files(submissions / student / assignment, inbox / student / assignment)
+                sandbox.copy_plain_files(submissions / student / assignment, inbox / student / assignment)
                 for notebook in (inbox / student / assignment).glob("*.ipynb"):
                     sanitize_notebook(notebook, assignment)
                 run = _grade_part(assignment, inbox, root)

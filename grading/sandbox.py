@@ -79,6 +79,23 @@ def kernelspec_env() -> Dict[str, str]:
     return {"JUPYTER_PATH": os.pathsep.join(p for p in (str(KERNELS_DIR), path) if p)}
 
 
+def copy_plain_files(source: Path, dest: Path, limit: int = 50 << 20) -> None:
+    """Copy a submission folder as plain files: no symlinks, devices or hidden files and folders (such as
+    .ipynb_checkpoints), and no more than ``limit`` bytes. What the grader reads of a hand-in, and what a
+    sandboxed kernel sees of it, is that copy."""
+    total = 0
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.rglob("*")):
+        if path.is_symlink() or not path.is_file() or any(part.startswith(".") for part in path.relative_to(source).parts):
+            continue
+        total += path.stat().st_size
+        if total > limit:
+            break
+        target = dest / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target, follow_symlinks=False)
+
+
 def _python_prefixes() -> List[Path]:
     """Folders the venv's interpreter needs: the venv and the base installation it points to."""
     prefixes = {Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent.parent}

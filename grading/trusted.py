@@ -391,7 +391,7 @@ class TrustedExecute(Execute):
             folder.mkdir(mode=0o755)
         self._outbox = self._scratch / ".grader"
         self._outbox.mkdir()
-        _copy_submission(Path(resources["metadata"]["path"]), self._scratch, nb_name=resources.get("unique_key"))
+        sandbox.copy_plain_files(Path(resources["metadata"]["path"]), self._scratch)
         uid = sandbox.sandbox_uid()
         if os.geteuid() == 0:
             for folder in (self._scratch, self._ipc):
@@ -597,21 +597,6 @@ class TrustedExecute(Execute):
                 if not self._dead:
                     student._transport({"op": "release"}, 10)
         return _verdict_outputs(cell_id, error, time.perf_counter() - start)
-
-
-def _copy_submission(source: Path, dest: Path, nb_name: Optional[str] = None, limit: int = 50 << 20) -> None:
-    """Copy the submission's regular files (no symlinks, no devices, at most ``limit`` bytes) to the scratch."""
-    total = 0
-    for path in sorted(source.rglob("*")):
-        if path.is_symlink() or not path.is_file() or ".ipynb_checkpoints" in path.parts:
-            continue
-        size = path.stat().st_size
-        if total + size > limit:
-            break
-        total += size
-        target = dest / path.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target, follow_symlinks=False)
 
 
 def run_notebook(notebook: Path, assignment: str, timeout: int = 120) -> NotebookNode:
