@@ -8,6 +8,7 @@ Gradebook: sqlite file gradebook.db at the repo root by default. For a shared Po
     export NBGRADER_DB_URL=postgresql://user:password@host:5432/dlcv
 (needs `pip install psycopg2-binary` in .venv).
 """
+
 import os
 
 c = get_config()  # noqa: F821 - provided by nbgrader
@@ -30,20 +31,39 @@ c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedE
 # kernel (grading/sandbox.py: bubblewrap, uid nobody, no network, no view of the course's files, limits)
 # and each test cell's verdict is decided by the assignment's trusted tests (grading/hidden/<a>.py) in
 # this process; the student's code only answers calls. TrustedExecute takes the place of Execute.
-from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern,  # noqa: E402
-                                    LimitOutput, SaveAutoGrades)
 from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
-
-from nbgrader.preprocessors import (CheckCellMetadata, ClearOutput, DeduplicateIds,  # noqa: E402
-                                    OverwriteCells, OverwriteKernelspec)
+from nbgrader.preprocessors import (  # noqa: E402  # noqa: E402
+    AssignLatePenalties,
+    CheckCellMetadata,
+    ClearOutput,
+    DeduplicateIds,
+    IgnorePattern,
+    LimitOutput,
+    OverwriteCells,
+    OverwriteKernelspec,
+    SaveAutoGrades,
+)
 
 from grading.trusted import DropForgedMetadata, TrustedExecute  # noqa: E402
 
-c.Autograde.sanitize_preprocessors = [ClearOutput, DropForgedMetadata, DeduplicateIds, OverwriteKernelspec,
-                                      OverwriteCells, CheckCellMetadata]
+c.Autograde.sanitize_preprocessors = [
+    ClearOutput,
+    DropForgedMetadata,
+    DeduplicateIds,
+    OverwriteKernelspec,
+    OverwriteCells,
+    CheckCellMetadata,
+]
 
-c.Autograde.autograde_preprocessors = [TrustedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
-                                       SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+c.Autograde.autograde_preprocessors = [
+    TrustedExecute,
+    IgnorePattern,
+    ClearMetadataPreprocessor,
+    LimitOutput,
+    SaveAutoGrades,
+    AssignLatePenalties,
+    CheckCellMetadata,
+]
 # Per-cell limit: an endless loop costs its test cell, not the whole submission.
 c.TrustedExecute.timeout = int(os.environ.get("NBGRADER_CELL_TIMEOUT", "120"))
 c.TrustedExecute.interrupt_on_timeout = True

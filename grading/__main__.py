@@ -1,12 +1,13 @@
 """Command line of the instructor tools (the Makefile calls these).
 
-    python -m grading release [ASSIGNMENT ...]       regenerate assignments/ from solutions/
-    python -m grading submissions [ASSIGNMENT ...]   rebuild tests/submissions/<a>/<bug>.ipynb from manifest.json
-    python -m grading autograde DIR                  grade DIR/<student>/<assignment>/*.ipynb (make autograde)
-    python -m grading check ASSIGNMENT [--keep DIR]  grade the solution, the blank release and every wrong
-                                                     submission in a scratch course; print who lost what
-    python -m grading student-edition DEST           write the student edition (a new git repository) into DEST
+python -m grading release [ASSIGNMENT ...]       regenerate assignments/ from solutions/
+python -m grading submissions [ASSIGNMENT ...]   rebuild tests/submissions/<a>/<bug>.ipynb from manifest.json
+python -m grading autograde DIR                  grade DIR/<student>/<assignment>/*.ipynb (make autograde)
+python -m grading check ASSIGNMENT [--keep DIR]  grade the solution, the blank release and every wrong
+                                                 submission in a scratch course; print who lost what
+python -m grading student-edition DEST           write the student edition (a new git repository) into DEST
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,9 @@ def check(assignment: str, keep: str | None = None) -> int:
     if scores["solution"].total != scores["solution"].max_total:
         problems.append(f"solution scores {scores['solution'].total}, failed {scores['solution'].failed()}")
     if scores["blank"].total != 0:
-        problems.append(f"blank release scores {scores['blank'].total}: passes {set(scores['blank'].cells) - set(scores['blank'].failed())}")
+        problems.append(
+            f"blank release scores {scores['blank'].total}: passes {set(scores['blank'].cells) - set(scores['blank'].failed())}"
+        )
     for bug, spec in manifest.items():
         s = scores[bug]
         missing = sorted(set(spec["must_fail"]) - set(s.failed()))
@@ -48,8 +51,9 @@ def check(assignment: str, keep: str | None = None) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m grading", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m grading", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("release", "submissions"):
         p = sub.add_parser(name)
@@ -77,6 +81,7 @@ def main() -> int:
         return check(args.assignment, args.keep)
     elif args.command == "student-edition":
         from . import edition
+
         print(f"wrote the student edition to {edition.build(Path(args.dest))}")
     return 0
 

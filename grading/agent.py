@@ -19,6 +19,7 @@ Protocol (one request, one response, both ``torch.save`` files)::
 Encoded values are tensors, numbers, strings, None and lists/tuples/dicts of them; anything else
 (a module, a function, a custom object) stays in the kernel and travels as ``{"__handle__": id}``.
 """
+
 import fnmatch
 import importlib
 import sys
@@ -52,17 +53,19 @@ class _Guard(TorchDispatchMode):
         self.violations = violations
 
     def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
-        name = func.name()                       # "aten::convolution", "torchvision::nms"
+        name = func.name()  # "aten::convolution", "torchvision::nms"
         base = name.split(".")[0]
         for pattern in self.patterns:
             if fnmatch.fnmatchcase(base, pattern):
                 self.violations.append(f"the operator {base}")
                 raise ForbiddenFunctionError(
-                    f"{base} is not allowed in this exercise: the point is to implement it yourself.")
+                    f"{base} is not allowed in this exercise: the point is to implement it yourself."
+                )
         if self.no_autograd and _current_autograd_node() is not None:
             self.violations.append("autograd (a backward pass computed by torch)")
             raise ForbiddenFunctionError(
-                "autograd is not allowed here: this exercise asks for the backward pass written by hand.")
+                "autograd is not allowed here: this exercise asks for the backward pass written by hand."
+            )
         return func(*args, **(kwargs or {}))
 
 
@@ -103,9 +106,21 @@ def _code_objects(obj):
 # path -> (code objects, builtin ids) of library functions as they were before any student code ran,
 # so that rebinding ``torchvision.models.resnet.BasicBlock.forward`` in a cell does not move the guard
 _SNAPSHOT = {}
-_SNAPSHOT_MODULES = ("torch", "torch.nn", "torch.nn.functional", "torch.nn.grad", "torch.nn.init", "torch.autograd",
-                     "torch.nn.utils.fusion", "torch.utils._python_dispatch", "torchvision.ops", "torchvision.ops.boxes",
-                     "torchvision.ops._box_convert", "torchvision.models.resnet", "torchvision.models")
+_SNAPSHOT_MODULES = (
+    "torch",
+    "torch.nn",
+    "torch.nn.functional",
+    "torch.nn.grad",
+    "torch.nn.init",
+    "torch.autograd",
+    "torch.nn.utils.fusion",
+    "torch.utils._python_dispatch",
+    "torchvision.ops",
+    "torchvision.ops.boxes",
+    "torchvision.ops._box_convert",
+    "torchvision.models.resnet",
+    "torchvision.models",
+)
 
 
 def _snapshot():
@@ -145,18 +160,23 @@ class _PythonGuard:
         if no_autograd:
             paths = list(paths) + ["torch.autograd.backward", "torch.autograd.grad", "torch.Tensor.backward"]
         if paths or no_autograd or guard_modes:  # taking the guard's dispatch mode off the stack
-            paths = list(paths) + ["torch.utils._python_dispatch._pop_mode", "torch.utils._python_dispatch._pop_mode_temporarily",
-                                   "torch._C._pop_torch_dispatch_stack", "torch._C._set_dispatch_mode",
-                                   "torch._C._unset_dispatch_mode", "torch._C._DisableTorchDispatch",
-                                   "torch._C._DisablePythonDispatcher"]
+            paths = list(paths) + [
+                "torch.utils._python_dispatch._pop_mode",
+                "torch.utils._python_dispatch._pop_mode_temporarily",
+                "torch._C._pop_torch_dispatch_stack",
+                "torch._C._set_dispatch_mode",
+                "torch._C._unset_dispatch_mode",
+                "torch._C._DisableTorchDispatch",
+                "torch._C._DisablePythonDispatcher",
+            ]
         for path in paths:
-            if path in _SNAPSHOT:   # as it was before student code ran
+            if path in _SNAPSHOT:  # as it was before student code ran
                 codes, builtin = _SNAPSHOT[path]
                 for code in codes:
                     self.codes[code] = path
                 if builtin is not None:
                     self.builtins[builtin] = path
-            obj = _resolve(path)    # and as it is now
+            obj = _resolve(path)  # and as it is now
             if obj is None:
                 continue
             for code in _code_objects(obj):
@@ -199,12 +219,19 @@ class _PythonGuard:
 # refused by wrapping the thread starters; threads started earlier by the student and still alive
 # make every guarded request fail.
 _SERVING = [False]
-_REFUSED_EVENTS = {"os.fork": "starting a process", "os.forkpty": "starting a process",
-                   "subprocess.Popen": "starting a process", "os.posix_spawn": "starting a process",
-                   "os.spawn": "starting a process", "os.system": "starting a process", "os.exec": "starting a process",
-                   "sys.setprofile": "switching the profiler", "sys.settrace": "switching the tracer"}
+_REFUSED_EVENTS = {
+    "os.fork": "starting a process",
+    "os.forkpty": "starting a process",
+    "subprocess.Popen": "starting a process",
+    "os.posix_spawn": "starting a process",
+    "os.spawn": "starting a process",
+    "os.system": "starting a process",
+    "os.exec": "starting a process",
+    "sys.setprofile": "switching the profiler",
+    "sys.settrace": "switching the tracer",
+}
 _VIOLATIONS_NOW = []
-_ALWAYS_BUILTINS = {}   # id -> what it means: C functions refused in every guarded call
+_ALWAYS_BUILTINS = {}  # id -> what it means: C functions refused in every guarded call
 
 
 def _audit(event, args):
@@ -225,6 +252,7 @@ def _guard_threads():
             _VIOLATIONS_NOW.append("starting a thread during a graded call")
             raise RuntimeError("starting a thread is not allowed while your code is graded")
         return original(*args, **kwargs)
+
     _thread.start_new_thread = start_new_thread
     threading._start_new_thread = start_new_thread
 
@@ -239,8 +267,11 @@ def _foreign_threads(known):
 
 def _student_traceback(exc):
     """The student's own frames and the error line; no agent or library internals."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if f.filename != _AGENT_FILE and "site-packages" not in f.filename]
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if f.filename != _AGENT_FILE and "site-packages" not in f.filename
+    ]
     lines = []
     for f in frames[-8:]:
         where = "your code" if ("ipykernel_" in f.filename or f.filename.startswith("<ipython")) else f.filename
@@ -265,10 +296,10 @@ class Agent:
         if value is None or type(value) in (bool, int, float, complex):
             return value
         if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-            return self.encode(value.item(), depth + 1)              # numpy scalars (np.float64 is a float)
+            return self.encode(value.item(), depth + 1)  # numpy scalars (np.float64 is a float)
         if isinstance(value, bool):
             return bool(value)
-        if isinstance(value, (int, float, complex)):                 # subclasses: only the number crosses
+        if isinstance(value, (int, float, complex)):  # subclasses: only the number crosses
             return type(value).__mro__[-2](value) if type(value).__mro__[-2] in (int, float, complex) else float(value)
         if isinstance(value, str):
             return str(value)[:_MAX_TEXT]
@@ -276,8 +307,11 @@ class Agent:
             tensor = value.detach()
             if tensor.layout != torch.strided:
                 tensor = tensor.to_dense()
-            return {"__tensor__": tensor.cpu().clone(), "requires_grad": bool(value.requires_grad),
-                    "device": str(value.device)}
+            return {
+                "__tensor__": tensor.cpu().clone(),
+                "requires_grad": bool(value.requires_grad),
+                "device": str(value.device),
+            }
         if isinstance(value, torch.dtype):
             return {"__dtype__": str(value).replace("torch.", "")}
         if isinstance(value, torch.device):
@@ -286,6 +320,7 @@ class Agent:
             return tuple(int(v) for v in value)
         if type(value).__module__ == "numpy":
             import numpy
+
             if isinstance(value, numpy.ndarray):
                 return {"__numpy__": torch.from_numpy(numpy.ascontiguousarray(value)).clone()}
             if isinstance(value, numpy.generic):
@@ -363,15 +398,19 @@ class Agent:
         try:
             request = _load(request_path, weights_only=True)
             guard = _Guard(request.get("forbid_ops", ()), request.get("no_autograd", False), violations)
-            python_guard = _PythonGuard(request.get("forbid_python", ()), request.get("no_autograd", False),
-                                        violations, guard_modes=bool(request.get("forbid_ops")))
+            python_guard = _PythonGuard(
+                request.get("forbid_python", ()),
+                request.get("no_autograd", False),
+                violations,
+                guard_modes=bool(request.get("forbid_ops")),
+            )
             guarded = bool(request.get("forbid_ops") or request.get("forbid_python") or request.get("no_autograd"))
             if guarded and _foreign_threads(self.threads):
                 violations.append("threads of your own running beside the graded call")
                 raise ForbiddenFunctionError("a thread your code started is still running; graded calls must run alone")
             del _VIOLATIONS_NOW[:]
             try:
-                with python_guard:            # sets the profiler before serving starts ...
+                with python_guard:  # sets the profiler before serving starts ...
                     _SERVING[0] = True
                     try:
                         guard.__enter__()
@@ -379,21 +418,34 @@ class Agent:
                             # encoded inside the guard: a patched Tensor.clone or __iter__ is student code too
                             encoded = self.encode(self._run(request))
                         finally:
-                            python_guard.paused = True   # the guard's own exit pops its mode
+                            python_guard.paused = True  # the guard's own exit pops its mode
                             guard.__exit__(None, None, None)
                     finally:
-                        _SERVING[0] = False   # ... and restores it after serving ended
+                        _SERVING[0] = False  # ... and restores it after serving ended
             finally:
                 violations.extend(v for v in _VIOLATIONS_NOW if v not in violations)
             response = {"ok": True, "value": encoded, "violations": violations}
         except BaseException as exc:  # noqa: BLE001 - everything the student's code raises is reported
-            response = {"ok": False, "error_type": type(exc).__name__[:200], "message": str(exc)[:_MAX_TEXT],
-                        "traceback": _student_traceback(exc), "violations": violations}
+            response = {
+                "ok": False,
+                "error_type": type(exc).__name__[:200],
+                "message": str(exc)[:_MAX_TEXT],
+                "traceback": _student_traceback(exc),
+                "violations": violations,
+            }
         try:
             _save(response, response_path)
         except BaseException as exc:  # noqa: BLE001 - e.g. a result that cannot be saved
-            _save({"ok": False, "error_type": type(exc).__name__, "message": f"could not send the result: {exc}"[:_MAX_TEXT],
-                   "traceback": "", "violations": violations}, response_path)
+            _save(
+                {
+                    "ok": False,
+                    "error_type": type(exc).__name__,
+                    "message": f"could not send the result: {exc}"[:_MAX_TEXT],
+                    "traceback": "",
+                    "violations": violations,
+                },
+                response_path,
+            )
 
 
 def install(namespace):
@@ -401,7 +453,7 @@ def install(namespace):
     sys.addaudithook(_audit)
     _guard_threads()
     _snapshot()
-    with _Guard((), False, []):   # the first dispatch mode imports torch._dynamo (seconds): not in a graded call
+    with _Guard((), False, []):  # the first dispatch mode imports torch._dynamo (seconds): not in a graded call
         torch.zeros(1).add_(1)
     module = types.ModuleType("_grading_agent")
     module.agent = Agent(namespace)

@@ -7,6 +7,7 @@ Prints the figures and writes them to ``test-output/grading_benchmark.json``. No
 numbers depend on the machine and on what else it runs. Targets (issue 20): one submission at most
 10 s on a 2-core machine, 200 submissions of the slowest assignment in at most 20 minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
 
 import nbformat
 
@@ -42,8 +42,10 @@ def one_submission(assignment: str, repeats: int = 2) -> float:
 def whole_class(assignment: str, size: int, jobs: int) -> float:
     """Wall-clock seconds of ``python -m grading autograde`` on ``size`` submissions (the solution and the
     wrong submissions, in turn), feedback and export included."""
-    notebooks: List[nbformat.NotebookNode] = [submissions.student_notebook(assignment),
-                                               *submissions.wrong_submissions(assignment).values()]
+    notebooks: list[nbformat.NotebookNode] = [
+        submissions.student_notebook(assignment),
+        *submissions.wrong_submissions(assignment).values(),
+    ]
     with tempfile.TemporaryDirectory(prefix=f"bench-class-{assignment}-") as tmp:
         inbox = Path(tmp) / "inbox"
         for k in range(size):
@@ -52,8 +54,13 @@ def whole_class(assignment: str, size: int, jobs: int) -> float:
             nbformat.write(notebooks[k % len(notebooks)], folder / f"{assignment}.ipynb")
         course = pipeline.Course(Path(tmp) / "course")
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "grading", "autograde", str(inbox), "--root", str(course.root),
-                        "--jobs", str(jobs)], cwd=REPO, check=True, capture_output=True, text=True)
+        subprocess.run(
+            [sys.executable, "-m", "grading", "autograde", str(inbox), "--root", str(course.root), "--jobs", str(jobs)],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         return time.perf_counter() - start
 
 
@@ -63,7 +70,7 @@ def main() -> int:
     parser.add_argument("--class-size", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
-    results: Dict[str, object] = {"one_submission_seconds": {}}
+    results: dict[str, object] = {"one_submission_seconds": {}}
     for assignment in args.assignments:
         seconds = one_submission(assignment)
         results["one_submission_seconds"][assignment] = round(seconds, 2)  # type: ignore[index]
@@ -72,10 +79,16 @@ def main() -> int:
         per = results["one_submission_seconds"]  # type: ignore[assignment]
         slowest = max(per, key=per.get)  # type: ignore[arg-type]
         seconds = whole_class(slowest, args.class_size, args.jobs)
-        results["class"] = {"assignment": slowest, "size": args.class_size, "jobs": args.jobs,
-                            "seconds": round(seconds, 1)}
-        print(f"{args.class_size} submissions of {slowest} on {args.jobs} worker(s): {seconds / 60:.1f} min "
-              f"({seconds / args.class_size:.1f} s each, feedback and export included)")
+        results["class"] = {
+            "assignment": slowest,
+            "size": args.class_size,
+            "jobs": args.jobs,
+            "seconds": round(seconds, 1),
+        }
+        print(
+            f"{args.class_size} submissions of {slowest} on {args.jobs} worker(s): {seconds / 60:.1f} min "
+            f"({seconds / args.class_size:.1f} s each, feedback and export included)"
+        )
     out = REPO / "test-output"
     out.mkdir(exist_ok=True)
     (out / "grading_benchmark.json").write_text(json.dumps(results, indent=2))

@@ -13,6 +13,7 @@ no ``grading/``, no ``nbgrader_config.py``, no git history. Before the commit, :
 file of the edition for every line of the instructor's secret material (:func:`secret_lines`) and for the
 instructor-only files by name; the build fails if it finds anything.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,9 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
 
 import nbformat
 
@@ -31,14 +32,31 @@ from .submissions import SUBMISSIONS, load_manifest, region_lines
 
 TEMPLATES = REPO / "edition"
 # folders every file of which is secret, line by line (the trusted-side tests that decide the grades)
-SECRET_FOLDERS: Tuple[Path, ...] = (REPO / "grading" / "hidden",)
+SECRET_FOLDERS: tuple[Path, ...] = (REPO / "grading" / "hidden",)
 # what the edition copies from this repository (files, or folders copied whole)
-COPIED: Tuple[str, ...] = ("notebooks", "assignments", "utils", "jupyter/student", "requirements.txt", "environment.yml")
+COPIED: tuple[str, ...] = (
+    "notebooks",
+    "assignments",
+    "utils",
+    "jupyter/student",
+    "requirements.txt",
+    "environment.yml",
+)
 # where the material that makes the public lines public lives: a line found there is not a secret
-PUBLIC: Tuple[str, ...] = ("notebooks", "assignments", "utils", "requirements.txt", "environment.yml")
+PUBLIC: tuple[str, ...] = ("notebooks", "assignments", "utils", "requirements.txt", "environment.yml")
 # names that only the instructor edition may hold (files or folders, at any depth)
-INSTRUCTOR_ONLY_NAMES: Tuple[str, ...] = ("solutions", "submissions", "manifest.json", "grading", "nbgrader_config.py",
-                                          "gradebook.db", "autograded", "feedback", "submitted", "grades.csv")
+INSTRUCTOR_ONLY_NAMES: tuple[str, ...] = (
+    "solutions",
+    "submissions",
+    "manifest.json",
+    "grading",
+    "nbgrader_config.py",
+    "gradebook.db",
+    "autograded",
+    "feedback",
+    "submitted",
+    "grades.csv",
+)
 SKIPPED_PARTS = ("__pycache__", ".ipynb_checkpoints", ".pytest_cache")
 MIN_SECRET_CHARS = 12  # a secret line has at least this many non-blank characters ("return x" is no secret)
 _IMPORT = re.compile(r"^(from\s+[\w.]+\s+)?import\s+[\w., ()]+$")
@@ -60,21 +78,25 @@ class Leak:
 
 # --- collecting the files ------------------------------------------------------------------------------------
 
-def _listed_files(root: Path, relative: str, untracked: bool = False) -> List[Path]:
+
+def _listed_files(root: Path, relative: str, untracked: bool = False) -> list[Path]:
     """Files under ``root/relative`` that git tracks (with ``untracked``, also new files git does not ignore), as
     paths relative to root; outside a git checkout (an unpacked archive), every file under it."""
     others = ["--others", "--exclude-standard"] if untracked else []
-    proc = subprocess.run(["git", "ls-files", "-z", "--cached", *others, "--", relative],
-                          cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", *others, "--", relative], cwd=root, capture_output=True, text=True
+    )
     if proc.returncode == 0:
         paths = sorted({Path(p) for p in proc.stdout.split("\0") if p})
     else:
         target = root / relative
-        paths = [target.relative_to(root)] if target.is_file() else sorted(p.relative_to(root) for p in target.rglob("*"))
+        paths = (
+            [target.relative_to(root)] if target.is_file() else sorted(p.relative_to(root) for p in target.rglob("*"))
+        )
     return [p for p in paths if (root / p).is_file() and not any(part in SKIPPED_PARTS for part in p.parts)]
 
 
-def _edition_files() -> Dict[Path, Path]:
+def _edition_files() -> dict[Path, Path]:
     """edition path -> source path, for everything the edition is made of: the tracked files of :data:`COPIED`
     (a scratch notebook lying in notebooks/ stays out), and the templates (tracked or new)."""
     files = {rel: REPO / rel for item in COPIED for rel in _listed_files(REPO, item)}
@@ -84,8 +106,16 @@ def _edition_files() -> Dict[Path, Path]:
 
 
 def _git(dest: Path, *args: str) -> str:
-    env_args = ["-c", "user.name=DLCV course", "-c", "user.email=dlcv-course@example.org",
-                "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"]
+    env_args = [
+        "-c",
+        "user.name=DLCV course",
+        "-c",
+        "user.email=dlcv-course@example.org",
+        "-c",
+        "init.defaultBranch=main",
+        "-c",
+        "commit.gpgsign=false",
+    ]
     return subprocess.run(["git", *env_args, *args], cwd=dest, capture_output=True, text=True, check=True).stdout
 
 
@@ -114,6 +144,7 @@ def build(dest: Path, check: bool = True) -> Path:
 
 # --- what must not leak ----------------------------------------------------------------------------------------
 
+
 def normalise(line: str) -> str:
     """A line with all whitespace removed: reformatting a copied line does not hide it."""
     return re.sub(r"\s+", "", line)
@@ -124,7 +155,7 @@ def _is_trivial(line: str) -> bool:
     return len(normalise(line)) < MIN_SECRET_CHARS or bool(_IMPORT.match(line.strip()))
 
 
-def text_lines(path: Path) -> List[str]:
+def text_lines(path: Path) -> list[str]:
     """The lines of a text file as a reader sees them; for a notebook, the lines of its cells and text outputs
     (and of its raw JSON). A binary file has none."""
     try:
@@ -155,7 +186,7 @@ def _public_lines() -> set:
     return public
 
 
-def _solution_folder_lines(folder: Path) -> Iterator[Tuple[str, str]]:
+def _solution_folder_lines(folder: Path) -> Iterator[tuple[str, str]]:
     """(line, origin) of the secret material of ``solutions/<assignment>/``: the solution and hidden-test regions
     of its notebook, every line of every other file in it."""
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not set(p.parts) & set(SKIPPED_PARTS)):
@@ -167,7 +198,7 @@ def _solution_folder_lines(folder: Path) -> Iterator[Tuple[str, str]]:
             yield from ((line, origin) for line in text_lines(path))
 
 
-def _manifest_lines(assignment: str) -> Iterator[Tuple[str, str]]:
+def _manifest_lines(assignment: str) -> Iterator[tuple[str, str]]:
     """(line, origin) of every text of a wrong-submission manifest: replaced and replacing text, description."""
     for bug, spec in load_manifest(assignment).items():
         texts = [spec.get("description", "")] + [t for pair in spec.get("replace", []) for t in pair]
@@ -175,14 +206,14 @@ def _manifest_lines(assignment: str) -> Iterator[Tuple[str, str]]:
         yield from ((line, origin) for text in texts for line in text.split("\n"))
 
 
-def _folder_lines(folder: Path) -> Iterator[Tuple[str, str]]:
+def _folder_lines(folder: Path) -> Iterator[tuple[str, str]]:
     """(line, origin) of every line of every file under ``folder``."""
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not set(p.parts) & set(SKIPPED_PARTS)):
         origin = str(path.relative_to(REPO)) if REPO in path.parents else str(path)
         yield from ((line, origin) for line in text_lines(path))
 
 
-def secret_lines() -> Dict[str, str]:
+def secret_lines() -> dict[str, str]:
     """normalised secret line -> where it comes from.
 
     Secret are: every line inside a ``### BEGIN SOLUTION`` / ``### BEGIN HIDDEN TESTS`` region of
@@ -190,7 +221,7 @@ def secret_lines() -> Dict[str, str]:
     data); every line of :data:`SECRET_FOLDERS` (``grading/hidden/``: the hidden tests); every text of a wrong
     submission's manifest (``tests/submissions/*/manifest.json``). Lines that are trivial (:func:`_is_trivial`)
     or that the chapters, releases or ``utils`` show anyway are no secrets."""
-    found: Dict[str, str] = {}
+    found: dict[str, str] = {}
     sources = [_solution_folder_lines(folder) for folder in sorted(p for p in SOLUTIONS.iterdir() if p.is_dir())]
     sources += [_folder_lines(folder) for folder in SECRET_FOLDERS if folder.is_dir()]
     if SUBMISSIONS.exists():
@@ -213,12 +244,12 @@ def _edition_paths(dest: Path) -> Iterator[Path]:
         yield from (here / f for f in sorted(files))
 
 
-def leaks(dest: Path, secrets: Dict[str, str] | None = None) -> List[Leak]:
+def leaks(dest: Path, secrets: dict[str, str] | None = None) -> list[Leak]:
     """Instructor material in the edition at ``dest``: secret lines in any text file, instructor-only files by
     name, an import of the ``grading`` package, git history beyond the edition's own commit."""
     dest = Path(dest)
     secrets = secret_lines() if secrets is None else secrets
-    found: List[Leak] = []
+    found: list[Leak] = []
     for path in _edition_paths(dest):
         rel = str(path.relative_to(dest))
         for part in path.relative_to(dest).parts:
@@ -237,14 +268,19 @@ def leaks(dest: Path, secrets: Dict[str, str] | None = None) -> List[Leak]:
     return found
 
 
-def _history_leaks(dest: Path) -> List[Leak]:
+def _history_leaks(dest: Path) -> list[Leak]:
     """The edition's git repository must hold none of the instructor repository's commits."""
     if not (dest / ".git").exists():
         return []
     ours = subprocess.run(["git", "rev-list", "--all"], cwd=REPO, capture_output=True, text=True).stdout.split()
     if not ours:
         return []
-    known = subprocess.run(["git", "cat-file", "--batch-check"], cwd=dest, input="\n".join(ours[:200]) + "\n",
-                           capture_output=True, text=True).stdout
+    known = subprocess.run(
+        ["git", "cat-file", "--batch-check"],
+        cwd=dest,
+        input="\n".join(ours[:200]) + "\n",
+        capture_output=True,
+        text=True,
+    ).stdout
     present = [line.split()[0] for line in known.splitlines() if line and not line.endswith("missing")]
     return [Leak(".git", sha, "the instructor repository's history") for sha in present]

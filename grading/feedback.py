@@ -12,10 +12,10 @@ cell source and in the traceback. :class:`HideHiddenTests` runs inside ``generat
 
 The autograded notebooks keep everything, for the instructor.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Tuple
 
 from nbconvert.exporters.exporter import ResourcesDict
 from nbformat.notebooknode import NotebookNode
@@ -27,7 +27,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 class HideHiddenTests(NbGraderPreprocessor):
     """Remove hidden-test code and the tracebacks that quote it from the feedback notebook."""
 
-    def preprocess(self, nb: NotebookNode, resources: ResourcesDict) -> Tuple[NotebookNode, ResourcesDict]:
+    def preprocess(self, nb: NotebookNode, resources: ResourcesDict) -> tuple[NotebookNode, ResourcesDict]:
         clear = ClearHiddenTests(parent=self)
         for cell in nb.cells:
             if cell.cell_type != "code" or clear.begin_test_delimeter not in cell.source:

@@ -1,15 +1,15 @@
 """Where things live in the course repository."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = REPO / "solutions"
 ASSIGNMENTS = REPO / "assignments"
 
 
-def assignment_names() -> List[str]:
+def assignment_names() -> list[str]:
     """Every assignment: a folder of ``solutions/`` holding ``<name>.ipynb``."""
     return sorted(p.parent.name for p in SOLUTIONS.glob("*/*.ipynb") if p.stem == p.parent.name)
 

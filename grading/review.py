@@ -6,13 +6,14 @@ It points the instructor at submissions that reach into the machinery (IPython, 
 processes or send signals; a correct solution needs none of these. Only code a student can edit is
 scanned: every code cell whose source is not, line for line, the source of a release cell.
 """
+
 from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Set
 
 import nbformat
 
@@ -25,15 +26,27 @@ PATTERNS = [
     ("sys.modules / import machinery", r"\bsys\.modules\b|\bimportlib\b|\bsys\.meta_path\b|\bsys\.path\b"),
     ("the grader's agent", r"_grading_agent|\bagent\.serve\b"),
     ("threads", r"\bthreading\b|\b_thread\b|\bconcurrent\.futures\b|\bThreadPool"),
-    ("torch internals", r"\btorch\._C\b|\btorch\.ops\b|\b_python_dispatch\b|\bTorchDispatchMode\b|"
-                        r"\bTorchFunctionMode\b|\b__torch_function__\b|\b__torch_dispatch__\b|\btorch\.library\b"),
-    ("patching library code", r"^\s*(?:torch|torchvision|utils|np|numpy|F|nn)\.[\w.]+\s*=[^=]|"
-                              r"\bsetattr\s*\(\s*(?:torch|torchvision|utils|F|nn)\b"),
-    ("frames / tracing", r"\bsys\._getframe\b|\binspect\b|\bf_back\b|\bf_globals\b|\bf_locals\b|\bsettrace\b|"
-                         r"\bsetprofile\b|\bgetprofile\b|\bgettrace\b|\b__closure__\b|\bcell_contents\b|\b__globals__\b|"
-                         r"\b__code__\b|\bgc\.get_objects\b|\bgc\.get_referrers\b|\bgc\.get_referents\b|\bctypes\b"),
-    ("files", r"(?<![.\w])open\s*\(|\bPath\s*\(|\bos\.(?:remove|unlink|rename|replace|listdir|scandir|walk|chmod|symlink)\b|"
-              r"\bshutil\b|\bglob\b|\b__file__\b"),
+    (
+        "torch internals",
+        r"\btorch\._C\b|\btorch\.ops\b|\b_python_dispatch\b|\bTorchDispatchMode\b|"
+        r"\bTorchFunctionMode\b|\b__torch_function__\b|\b__torch_dispatch__\b|\btorch\.library\b",
+    ),
+    (
+        "patching library code",
+        r"^\s*(?:torch|torchvision|utils|np|numpy|F|nn)\.[\w.]+\s*=[^=]|"
+        r"\bsetattr\s*\(\s*(?:torch|torchvision|utils|F|nn)\b",
+    ),
+    (
+        "frames / tracing",
+        r"\bsys\._getframe\b|\binspect\b|\bf_back\b|\bf_globals\b|\bf_locals\b|\bsettrace\b|"
+        r"\bsetprofile\b|\bgetprofile\b|\bgettrace\b|\b__closure__\b|\bcell_contents\b|\b__globals__\b|"
+        r"\b__code__\b|\bgc\.get_objects\b|\bgc\.get_referrers\b|\bgc\.get_referents\b|\bctypes\b",
+    ),
+    (
+        "files",
+        r"(?<![.\w])open\s*\(|\bPath\s*\(|\bos\.(?:remove|unlink|rename|replace|listdir|scandir|walk|chmod|symlink)\b|"
+        r"\bshutil\b|\bglob\b|\b__file__\b",
+    ),
     ("processes", r"\bsubprocess\b|\bos\.(?:system|popen|fork|exec\w*|spawn\w*)\b|\bmultiprocessing\b|\bpty\b"),
     ("signals / exit", r"\bsignal\b|\bos\.kill\b|\bos\._exit\b|\bsys\.exit\b|(?<![.\w])quit\s*\(|(?<![.\w])exit\s*\("),
     ("network", r"\bsocket\b|\burllib\b|\brequests\b|\bhttp\.client\b"),
@@ -52,7 +65,7 @@ class Flag:
     line: str
 
 
-def _release_lines(assignment: str) -> Set[str]:
+def _release_lines(assignment: str) -> set[str]:
     path = ASSIGNMENTS / assignment / f"{assignment}.ipynb"
     if not path.exists():
         return set()
@@ -60,10 +73,10 @@ def _release_lines(assignment: str) -> Set[str]:
     return {line.strip() for cell in nb.cells if cell.cell_type == "code" for line in cell.source.split("\n")}
 
 
-_CACHE: Dict[str, Set[str]] = {}
+_CACHE: dict[str, set[str]] = {}
 
 
-def _release_ids(assignment: str) -> Set[str]:
+def _release_ids(assignment: str) -> set[str]:
     path = ASSIGNMENTS / assignment / f"{assignment}.ipynb"
     if not path.exists():
         return set()
@@ -71,12 +84,12 @@ def _release_ids(assignment: str) -> Set[str]:
     return {c.metadata["nbgrader"].get("grade_id", "") for c in nb.cells if "nbgrader" in c.get("metadata", {})}
 
 
-def scan_notebook(nb: nbformat.NotebookNode, student: str, assignment: str) -> List[Flag]:
+def scan_notebook(nb: nbformat.NotebookNode, student: str, assignment: str) -> list[Flag]:
     """Flags for the lines of ``nb`` that the release does not have, and for forged nbgrader metadata."""
     known = _CACHE.setdefault(assignment, _release_lines(assignment))
     ids = _CACHE.setdefault(f"{assignment}:ids", _release_ids(assignment))
-    found: List[Flag] = []
-    seen: Set[str] = set()
+    found: list[Flag] = []
+    seen: set[str] = set()
     for index, cell in enumerate(nb.get("cells", [])):
         meta = cell.get("metadata", {}).get("nbgrader")
         if meta is None:
@@ -99,9 +112,9 @@ def scan_notebook(nb: nbformat.NotebookNode, student: str, assignment: str) -> L
     return found
 
 
-def scan_folder(folder: Path, student: str, assignment: str) -> List[Flag]:
+def scan_folder(folder: Path, student: str, assignment: str) -> list[Flag]:
     """Flags for every notebook of one hand-in (a file that is not a notebook is itself flagged)."""
-    found: List[Flag] = []
+    found: list[Flag] = []
     for path in sorted(folder.rglob("*")):
         if not path.is_file():
             continue
@@ -125,11 +138,11 @@ def write_csv(flags: Iterable[Flag], path: Path) -> None:
             writer.writerow([fl.student, fl.assignment, fl.cell, fl.flag, fl.line])
 
 
-def summary(flags: List[Flag]) -> str:
+def summary(flags: list[Flag]) -> str:
     """One line per flagged submission: which kinds of suspicious code it holds (scores unaffected)."""
     if not flags:
         return "review list: nothing suspicious found"
-    per: Dict[tuple, Set[str]] = {}
+    per: dict[tuple, set[str]] = {}
     for fl in flags:
         per.setdefault((fl.student, fl.assignment), set()).add(fl.flag)
     lines = [f"review list ({len(per)} submission(s) to read; flags never change a score):"]

@@ -20,6 +20,7 @@ preprocessor (:mod:`grading.trusted`) for each notebook: the scratch, inbox and 
 Only Linux has these tools; elsewhere :func:`available` is False and grading refuses to run
 unless the instructor asks for unsandboxed grading explicitly (``DLCV_UNSANDBOXED=1``).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,22 +28,31 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Dict, List
 
 REPO = Path(__file__).resolve().parent.parent
 KERNEL_NAME = "dlcv-sandbox"
 KERNELS_DIR = Path(__file__).resolve().parent / "jupyter"
 SANDBOX_UID = 65534
 # environment variables a graded kernel sees (everything else of the grader's environment is dropped)
-ENV_PASSED = ("PATH", "LANG", "TZ", "NBGRADER_EXECUTION", "COURSE_STATIC_WIDGETS", "OMP_NUM_THREADS",
-              "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED", "CUDA_VISIBLE_DEVICES")
+ENV_PASSED = (
+    "PATH",
+    "LANG",
+    "TZ",
+    "NBGRADER_EXECUTION",
+    "COURSE_STATIC_WIDGETS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "PYTHONHASHSEED",
+    "CUDA_VISIBLE_DEVICES",
+)
 
 # limits of every graded kernel (prlimit); the per-cell wall-clock limit is nbgrader's Execute.timeout
-LIMITS: Dict[str, int] = {
-    "as": int(os.environ.get("DLCV_SANDBOX_MEMORY", str(6 << 30))),   # bytes of address space (torch maps ~3.5 GB)
-    "nproc": 256,                                                     # processes and threads of the uid
-    "cpu": int(os.environ.get("DLCV_SANDBOX_CPU", "900")),           # CPU seconds for the whole kernel
-    "fsize": 64 << 20,                                                # bytes per file written
+LIMITS: dict[str, int] = {
+    "as": int(os.environ.get("DLCV_SANDBOX_MEMORY", str(6 << 30))),  # bytes of address space (torch maps ~3.5 GB)
+    "nproc": 256,  # processes and threads of the uid
+    "cpu": int(os.environ.get("DLCV_SANDBOX_CPU", "900")),  # CPU seconds for the whole kernel
+    "fsize": 64 << 20,  # bytes per file written
     "nofile": 1024,
     "core": 0,
 }
@@ -71,7 +81,7 @@ def unsandboxed_allowed() -> bool:
     return os.environ.get("DLCV_UNSANDBOXED") == "1"
 
 
-def kernelspec_env() -> Dict[str, str]:
+def kernelspec_env() -> dict[str, str]:
     """Where jupyter_client finds the ``dlcv-sandbox`` kernelspec (grading/jupyter/kernels/)."""
     path = os.environ.get("JUPYTER_PATH", "")
     if str(KERNELS_DIR) in path.split(os.pathsep):
@@ -86,7 +96,11 @@ def copy_plain_files(source: Path, dest: Path, limit: int = 50 << 20) -> None:
     total = 0
     dest.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.rglob("*")):
-        if path.is_symlink() or not path.is_file() or any(part.startswith(".") for part in path.relative_to(source).parts):
+        if (
+            path.is_symlink()
+            or not path.is_file()
+            or any(part.startswith(".") for part in path.relative_to(source).parts)
+        ):
             continue
         total += path.stat().st_size
         if total > limit:
@@ -96,14 +110,14 @@ def copy_plain_files(source: Path, dest: Path, limit: int = 50 << 20) -> None:
         shutil.copyfile(path, target, follow_symlinks=False)
 
 
-def _python_prefixes() -> List[Path]:
+def _python_prefixes() -> list[Path]:
     """Folders the venv's interpreter needs: the venv and the base installation it points to."""
     prefixes = {Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent.parent}
     return sorted(p for p in prefixes if p.exists())
 
 
-def _system_binds() -> List[str]:
-    args: List[str] = []
+def _system_binds() -> list[str]:
+    args: list[str] = []
     for top in ("/usr", "/etc", "/opt"):
         if os.path.isdir(top):
             args += ["--ro-bind", top, top]
@@ -115,10 +129,10 @@ def _system_binds() -> List[str]:
     return args
 
 
-def _with_parents(binds: List[List[str]]) -> List[str]:
+def _with_parents(binds: list[list[str]]) -> list[str]:
     """bwrap creates missing parent folders of a mount point with mode 0700, which the sandbox's uid
     cannot enter: create them first with mode 0755."""
-    args: List[str] = []
+    args: list[str] = []
     made = {"/"}
     for bind in binds:
         target = Path(bind[-1])
@@ -130,30 +144,68 @@ def _with_parents(binds: List[List[str]]) -> List[str]:
     return args
 
 
-def bwrap_argv(config: Dict[str, str], kernel_argv: List[str]) -> List[str]:
+def bwrap_argv(config: dict[str, str], kernel_argv: list[str]) -> list[str]:
     """The full command: bwrap [namespaces, binds] -- [setpriv] prlimit ... -- kernel_argv."""
     scratch, inbox, ipc = config["scratch"], config["inbox"], config["ipc"]
     uid = int(config.get("uid", SANDBOX_UID))
     root = os.geteuid() == 0
-    argv = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--hostname", "sandbox",
-            "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp",
-            *_system_binds()]
+    argv = [
+        "bwrap",
+        "--unshare-net",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "sandbox",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/tmp",
+        *_system_binds(),
+    ]
     if not root:
         argv += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
     binds = [["--ro-bind", str(prefix), str(prefix)] for prefix in _python_prefixes()]
     utils_dir = str(REPO / "utils")
-    binds += [["--ro-bind", utils_dir, utils_dir], ["--ro-bind", inbox, inbox], ["--bind", scratch, scratch],
-              ["--bind", ipc, ipc]]
+    binds += [
+        ["--ro-bind", utils_dir, utils_dir],
+        ["--ro-bind", inbox, inbox],
+        ["--bind", scratch, scratch],
+        ["--bind", ipc, ipc],
+    ]
     argv += _with_parents(binds)
-    argv += ["--chdir", scratch,
-             "--setenv", "HOME", scratch,
-             "--setenv", "MPLCONFIGDIR", os.path.join(scratch, ".matplotlib"),
-             "--setenv", "TMPDIR", "/tmp",
-             "--"]
+    argv += [
+        "--chdir",
+        scratch,
+        "--setenv",
+        "HOME",
+        scratch,
+        "--setenv",
+        "MPLCONFIGDIR",
+        os.path.join(scratch, ".matplotlib"),
+        "--setenv",
+        "TMPDIR",
+        "/tmp",
+        "--",
+    ]
     if root:
-        argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+        argv += [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+        ]
     argv += ["prlimit", *(f"--{name}={value}" for name, value in LIMITS.items()), "--"]
     return argv + kernel_argv
 
@@ -165,8 +217,16 @@ def launch(connection_file: str) -> None:
     visible = os.path.join(config["inbox"], "connection.json")
     shutil.copyfile(connection_file, visible)
     os.chmod(visible, 0o644)
-    kernel = [sys.executable, "-I", "-m", "ipykernel_launcher", "-f", visible,
-              "--HistoryManager.hist_file=:memory:", "--IPKernelApp.log_level=ERROR"]
+    kernel = [
+        sys.executable,
+        "-I",
+        "-m",
+        "ipykernel_launcher",
+        "-f",
+        visible,
+        "--HistoryManager.hist_file=:memory:",
+        "--IPKernelApp.log_level=ERROR",
+    ]
     # only what a kernel needs: the grader's environment may hold secrets (a gradebook password, tokens)
     env = {k: v for k, v in os.environ.items() if k in ENV_PASSED or k.startswith("LC_")}
     env["PYTHONDONTWRITEBYTECODE"] = "1"

@@ -17,12 +17,12 @@ described in ``tests/submissions/<assignment>/manifest.json``::
 ``python -m grading submissions <assignment>`` writes ``tests/submissions/<assignment>/<bug>.ipynb``;
 the test suite checks that the committed files equal a fresh build.
 """
+
 from __future__ import annotations
 
 import copy
 import json
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import nbformat
 
@@ -37,12 +37,13 @@ def nbgrader_meta(cell) -> dict:
     return cell.get("metadata", {}).get("nbgrader", {})
 
 
-def region_lines(nb: nbformat.NotebookNode, kinds: Tuple[str, ...] = ("SOLUTION", "HIDDEN TESTS")
-                 ) -> Tuple[List[str], List[str]]:
+def region_lines(
+    nb: nbformat.NotebookNode, kinds: tuple[str, ...] = ("SOLUTION", "HIDDEN TESTS")
+) -> tuple[list[str], list[str]]:
     """Stripped source lines inside nbgrader's ``### BEGIN <kind>`` / ``### END <kind>`` regions and
     outside them (marker lines themselves in neither), in notebook order."""
-    inside_lines: List[str] = []
-    outside_lines: List[str] = []
+    inside_lines: list[str] = []
+    outside_lines: list[str] = []
     for cell in nb.cells:
         inside = False
         for line in cell.source.split("\n"):
@@ -72,7 +73,7 @@ def student_notebook(assignment: str) -> nbformat.NotebookNode:
     return nb
 
 
-def load_manifest(assignment: str) -> Dict[str, dict]:
+def load_manifest(assignment: str) -> dict[str, dict]:
     path = SUBMISSIONS / assignment / "manifest.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -92,13 +93,13 @@ def apply_bug(nb: nbformat.NotebookNode, bug: str, spec: dict) -> nbformat.Noteb
     return nb
 
 
-def wrong_submissions(assignment: str) -> Dict[str, nbformat.NotebookNode]:
+def wrong_submissions(assignment: str) -> dict[str, nbformat.NotebookNode]:
     """bug name -> the wrong submission notebook, built fresh from the source and the manifest."""
     base = student_notebook(assignment)
     return {bug: apply_bug(base, bug, spec) for bug, spec in load_manifest(assignment).items()}
 
 
-def write_wrong_submissions(assignment: str) -> List[Path]:
+def write_wrong_submissions(assignment: str) -> list[Path]:
     """Write ``tests/submissions/<assignment>/<bug>.ipynb`` and delete ones no longer in the manifest."""
     folder = SUBMISSIONS / assignment
     built = wrong_submissions(assignment)

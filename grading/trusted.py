@@ -39,6 +39,7 @@ and attributes read (``remote.get("weight")``), and can be passed back as argume
 they are reached (see :mod:`grading.agent`). ``with student.cpu_time() as t:`` measures the CPU
 seconds of every process of the sandbox from outside (``/proc``), for speed requirements.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,32 +54,34 @@ import tempfile
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any
 
 import torch
 from nbformat import NotebookNode
-from traitlets import Integer, Unicode
-
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from traitlets import Integer, Unicode
 
 from . import sandbox
 
 HIDDEN = Path(__file__).resolve().parent / "hidden"
 AGENT_SOURCE = (Path(__file__).resolve().parent / "agent.py").read_text()
 MAX_RESPONSE_BYTES = 256 << 20  # the largest answer the grader reads (a ResNet-50 state dict is ~100 MB)
-_REGISTRY: Dict[str, Callable[["Student"], Any]] = {}
+_REGISTRY: dict[str, Callable[[Student], Any]] = {}
 
 
-def grades(cell_id: str) -> Callable[[Callable[["Student"], Any]], Callable[["Student"], Any]]:
+def grades(cell_id: str) -> Callable[[Callable[[Student], Any]], Callable[[Student], Any]]:
     """Register the decorated function as the trusted test of the test cell ``cell_id``."""
-    def register(func: Callable[["Student"], Any]) -> Callable[["Student"], Any]:
+
+    def register(func: Callable[[Student], Any]) -> Callable[[Student], Any]:
         _REGISTRY[cell_id] = func
         return func
+
     return register
 
 
-def load_tests(assignment: str) -> Dict[str, Callable[["Student"], Any]]:
+def load_tests(assignment: str) -> dict[str, Callable[[Student], Any]]:
     """grade_id -> trusted test function, from ``grading/hidden/<assignment>.py``."""
     path = HIDDEN / f"{assignment}.py"
     if not path.exists():
@@ -86,7 +89,7 @@ def load_tests(assignment: str) -> Dict[str, Callable[["Student"], Any]]:
     _REGISTRY.clear()
     spec = importlib.util.spec_from_file_location(f"grading.hidden.{assignment}", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module          # dataclasses and pickling look their module up there
+    sys.modules[spec.name] = module  # dataclasses and pickling look their module up there
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     tests = dict(_REGISTRY)
     _REGISTRY.clear()
@@ -114,19 +117,21 @@ class KernelFailure(Exception):
 class Remote:
     """An object that lives in the kernel (a module, a cache, an instance of the student's class)."""
 
-    def __init__(self, student: "Student", handle: int, type_name: str) -> None:
+    def __init__(self, student: Student, handle: int, type_name: str) -> None:
         self._student, self._handle, self.type_name = student, handle, type_name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.call("__call__", *args, **kwargs)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._student._request({"op": "call_method", "handle": self._handle, "method": method},
-                                      f"{self.type_name}.{method}", args, kwargs)
+        return self._student._request(
+            {"op": "call_method", "handle": self._handle, "method": method}, f"{self.type_name}.{method}", args, kwargs
+        )
 
     def get(self, attr: str) -> Any:
-        return self._student._request({"op": "getattr", "handle": self._handle, "method": attr},
-                                      f"{self.type_name}.{attr}", (), {})
+        return self._student._request(
+            {"op": "getattr", "handle": self._handle, "method": attr}, f"{self.type_name}.{attr}", (), {}
+        )
 
     def __repr__(self) -> str:
         return f"<{self.type_name} in the student's kernel>"
@@ -152,8 +157,9 @@ def _encode(value: Any) -> Any:
     raise TypeError(f"cannot send a {type(value).__name__} to the kernel (only tensors and plain data)")
 
 
-def _describe(args: Any, kwargs: Dict[str, Any]) -> str:
+def _describe(args: Any, kwargs: dict[str, Any]) -> str:
     """``Tensor[37, 4] float32, 0.5`` - the shape of a call, for messages (no values)."""
+
     def one(v: Any) -> str:
         if isinstance(v, torch.Tensor):
             return f"Tensor{list(v.shape)} {str(v.dtype).replace('torch.', '')}"
@@ -164,6 +170,7 @@ def _describe(args: Any, kwargs: Dict[str, Any]) -> str:
         if isinstance(v, dict):
             return "{...}"
         return repr(v)[:40]
+
     parts = [one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()]
     return ", ".join(parts)
 
@@ -177,13 +184,17 @@ class Student:
         default_forbid: ``dict(ops=..., python=..., autograd=...)`` applied to every request.
     """
 
-    def __init__(self, transport: Callable[[Dict[str, Any], Optional[float]], Dict[str, Any]],
-                 cpu_seconds: Callable[[], float], default_forbid: Optional[Dict[str, Any]] = None,
-                 call_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        transport: Callable[[dict[str, Any], float | None], dict[str, Any]],
+        cpu_seconds: Callable[[], float],
+        default_forbid: dict[str, Any] | None = None,
+        call_timeout: float = 60.0,
+    ) -> None:
         self._transport, self._cpu_seconds = transport, cpu_seconds
-        self._forbid: List[Dict[str, Any]] = [dict(default_forbid)] if default_forbid else []
+        self._forbid: list[dict[str, Any]] = [dict(default_forbid)] if default_forbid else []
         self.call_timeout = call_timeout
-        self.deadline: Optional[float] = None     # time.monotonic() after which no further call starts
+        self.deadline: float | None = None  # time.monotonic() after which no further call starts
 
     # the proxy ------------------------------------------------------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -214,9 +225,9 @@ class Student:
             self._forbid.pop()
 
     @contextlib.contextmanager
-    def cpu_time(self) -> Iterator[Dict[str, float]]:
+    def cpu_time(self) -> Iterator[dict[str, float]]:
         """``with student.cpu_time() as t: ...`` then ``t["seconds"]``: CPU time of the sandbox's processes."""
-        box: Dict[str, float] = {}
+        box: dict[str, float] = {}
         start = self._cpu_seconds()
         try:
             yield box
@@ -224,16 +235,22 @@ class Student:
             box["seconds"] = self._cpu_seconds() - start
 
     # plumbing --------------------------------------------------------------
-    def _request(self, request: Dict[str, Any], label: str, args: Any, kwargs: Dict[str, Any]) -> Any:
-        ops: List[str] = []
-        python: List[str] = []
+    def _request(self, request: dict[str, Any], label: str, args: Any, kwargs: dict[str, Any]) -> Any:
+        ops: list[str] = []
+        python: list[str] = []
         autograd = False
         for f in self._forbid:
             ops += list(f.get("ops", ()))
             python += list(f.get("python", ()))
             autograd = autograd or bool(f.get("autograd", False))
-        request = dict(request, args=_encode(list(args)), kwargs=_encode(dict(kwargs)),
-                       forbid_ops=ops, forbid_python=python, no_autograd=autograd)
+        request = dict(
+            request,
+            args=_encode(list(args)),
+            kwargs=_encode(dict(kwargs)),
+            forbid_ops=ops,
+            forbid_python=python,
+            no_autograd=autograd,
+        )
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise KernelFailure("this test ran out of time (the grader stopped it before this call)")
         response = self._transport(request, self.call_timeout)
@@ -242,12 +259,15 @@ class Student:
             raise KernelFailure(f"{call}: the kernel's answer is not a result")
         violations = [str(v) for v in response.get("violations", []) if isinstance(v, str)]
         if violations:
-            raise ForbiddenUse(f"{call} used {', '.join(sorted(set(violations)))}, which this exercise asks "
-                               "you to implement yourself")
+            raise ForbiddenUse(
+                f"{call} used {', '.join(sorted(set(violations)))}, which this exercise asks you to implement yourself"
+            )
         if not response["ok"]:
             trace = str(response.get("traceback", ""))
-            raise StudentError(f"{call} raised {response.get('error_type', 'an error')}: "
-                               f"{str(response.get('message', ''))[:2000]}" + (f"\n{trace}" if trace else ""))
+            raise StudentError(
+                f"{call} raised {response.get('error_type', 'an error')}: "
+                f"{str(response.get('message', ''))[:2000]}" + (f"\n{trace}" if trace else "")
+            )
         return self._decode(response.get("value"))
 
     def _decode(self, value: Any) -> Any:
@@ -278,7 +298,7 @@ class Student:
         return value
 
 
-def read_response(path: str, limit: int = MAX_RESPONSE_BYTES) -> Dict[str, Any]:
+def read_response(path: str, limit: int = MAX_RESPONSE_BYTES) -> dict[str, Any]:
     """Load the kernel's answer from a folder the sandbox can write: no symlink, a regular file, bounded
     size, weights-only unpickling (tensors and plain containers; no code runs)."""
     try:
@@ -292,7 +312,9 @@ def read_response(path: str, limit: int = MAX_RESPONSE_BYTES) -> Dict[str, Any]:
         if not stat.S_ISREG(info.st_mode):
             raise KernelFailure("the kernel's answer is not a regular file")
         if info.st_size > limit:
-            raise KernelFailure(f"the kernel's answer is {info.st_size >> 20} MB, more than the {limit >> 20} MB allowed")
+            raise KernelFailure(
+                f"the kernel's answer is {info.st_size >> 20} MB, more than the {limit >> 20} MB allowed"
+            )
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)
     finally:
@@ -306,8 +328,8 @@ def read_response(path: str, limit: int = MAX_RESPONSE_BYTES) -> Dict[str, Any]:
 def sandbox_cpu_seconds(root_pid: int) -> float:
     """CPU seconds (user + system, children reaped included) of ``root_pid`` and all its descendants."""
     ticks = os.sysconf("SC_CLK_TCK")
-    parents: Dict[int, int] = {}
-    times: Dict[int, float] = {}
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -318,7 +340,7 @@ def sandbox_cpu_seconds(root_pid: int) -> float:
             continue
         pid = int(entry)
         parents[pid] = int(fields[1])
-        times[pid] = sum(int(x) for x in fields[11:15]) / ticks   # utime stime cutime cstime
+        times[pid] = sum(int(x) for x in fields[11:15]) / ticks  # utime stime cutime cstime
     total = 0.0
     for pid in times:
         p, hops = pid, 0
@@ -335,7 +357,7 @@ class DropForgedMetadata(NbGraderPreprocessor):
     does not have (a student's own "test" worth points, malformed metadata) is removed, so the cell is
     ordinary code. Without this, nbgrader refuses the whole notebook ("metadata may be corrupted")."""
 
-    def preprocess(self, nb: NotebookNode, resources: Dict[str, Any]):
+    def preprocess(self, nb: NotebookNode, resources: dict[str, Any]):
         from nbgrader.api import Gradebook, MissingEntry
 
         info = resources.get("nbgrader", {})
@@ -355,8 +377,7 @@ class DropForgedMetadata(NbGraderPreprocessor):
         return nb, resources
 
 
-
-def _verdict_outputs(cell_id: str, error: Optional[BaseException], seconds: float) -> List[NotebookNode]:
+def _verdict_outputs(cell_id: str, error: BaseException | None, seconds: float) -> list[NotebookNode]:
     if error is None:
         text = f"{cell_id}: passed (checked by the course's grader, {seconds:.1f} s)\n"
         return [NotebookNode(output_type="stream", name="stdout", text=text)]
@@ -375,13 +396,15 @@ class TrustedExecute(Execute):
     test_timeout = Integer(240, help="seconds a whole trusted test may take").tag(config=True)
 
     # ---------------------------------------------------------------- setup
-    def preprocess(self, nb: NotebookNode, resources: Dict[str, Any], km: Any = None):
+    def preprocess(self, nb: NotebookNode, resources: dict[str, Any], km: Any = None):
         if not sandbox.available() and not sandbox.unsandboxed_allowed():
-            raise RuntimeError("refusing to grade: bubblewrap, setpriv or prlimit is missing (install Debian's "
-                               "bubblewrap and util-linux), and DLCV_UNSANDBOXED=1 was not set")
+            raise RuntimeError(
+                "refusing to grade: bubblewrap, setpriv or prlimit is missing (install Debian's "
+                "bubblewrap and util-linux), and DLCV_UNSANDBOXED=1 was not set"
+            )
         assignment = resources.get("nbgrader", {}).get("assignment") or Path(resources["metadata"]["path"]).name
         self._tests = load_tests(assignment)
-        self._dead: Optional[str] = None
+        self._dead: str | None = None
         self._total_output = 0
         self._agent_ready = False
         self._box = Path(tempfile.mkdtemp(prefix="dlcv-sandbox-"))
@@ -402,15 +425,21 @@ class TrustedExecute(Execute):
 
         mpl_cache = Path(matplotlib.get_cachedir())
         if mpl_cache.is_dir():  # matplotlib's font list: without it every kernel rebuilds it (seconds)
-            shutil.copytree(mpl_cache, self._scratch / ".matplotlib", dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("tex.cache"))
+            shutil.copytree(
+                mpl_cache, self._scratch / ".matplotlib", dirs_exist_ok=True, ignore=shutil.ignore_patterns("tex.cache")
+            )
             if os.geteuid() == 0:
                 for path in [self._scratch / ".matplotlib", *(self._scratch / ".matplotlib").rglob("*")]:
                     os.lchown(path, uid, uid)
-        os.environ["DLCV_SANDBOX"] = json.dumps({"scratch": str(self._scratch), "inbox": str(self._inbox),
-                                                 "ipc": str(self._ipc),
-                                                 "log": str(self._box / "kernel.log"),
-                                                 "uid": uid})
+        os.environ["DLCV_SANDBOX"] = json.dumps(
+            {
+                "scratch": str(self._scratch),
+                "inbox": str(self._inbox),
+                "ipc": str(self._ipc),
+                "log": str(self._box / "kernel.log"),
+                "uid": uid,
+            }
+        )
         os.environ.update(sandbox.kernelspec_env())
         resources.setdefault("metadata", {})
         original_path = resources["metadata"].get("path")
@@ -418,7 +447,7 @@ class TrustedExecute(Execute):
         try:
             return super().preprocess(nb, resources, km)
         except Exception as exc:
-            log = (self._box / "kernel.log")
+            log = self._box / "kernel.log"
             detail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
             raise RuntimeError(f"{type(exc).__name__}: {exc}\nkernel log:\n{detail}") from exc
         finally:
@@ -429,12 +458,12 @@ class TrustedExecute(Execute):
     def create_kernel_manager(self):
         km = super().create_kernel_manager()
         if sandbox.available():
-            km.transport = "ipc"                       # the sandbox has no network, not even the grader's loopback
+            km.transport = "ipc"  # the sandbox has no network, not even the grader's loopback
             km.ip = str(self._ipc / "kernel")
         return km
 
     # ---------------------------------------------------------------- cells
-    def preprocess_cell(self, cell: NotebookNode, resources: Dict[str, Any], index: int):
+    def preprocess_cell(self, cell: NotebookNode, resources: dict[str, Any], index: int):
         if cell.cell_type != "code":
             return cell, resources
         if not self._agent_ready:
@@ -447,11 +476,17 @@ class TrustedExecute(Execute):
         if meta.get("grade") and not meta.get("solution"):
             cell.outputs = self._judge(meta.get("grade_id", ""))
             self._judged = getattr(self, "_judged", 0) + 1
-            cell.execution_count = 10_000 + self._judged   # judged by the grader, not run in the kernel
+            cell.execution_count = 10_000 + self._judged  # judged by the grader, not run in the kernel
             return cell, resources
         if self._dead:
-            cell.outputs = [NotebookNode(output_type="error", ename="DeadKernelError", evalue=self._dead,
-                                         traceback=[f"not run: {self._dead}"])]
+            cell.outputs = [
+                NotebookNode(
+                    output_type="error",
+                    ename="DeadKernelError",
+                    evalue=self._dead,
+                    traceback=[f"not run: {self._dead}"],
+                )
+            ]
             return cell, resources
         self._cell_bytes = 0
         self._cut = False
@@ -461,14 +496,17 @@ class TrustedExecute(Execute):
                 # after the first test, the kernel has seen hidden inputs: what a later cell prints could
                 # carry them into the feedback, so it is not kept
                 errors = [o.get("ename", "Error") for o in cell.outputs if o.get("output_type") == "error"]
-                note = ("[output not kept: cells that run after the grader's first test could show its hidden "
-                        "cases" + (f"; this cell raised {errors[0]}" if errors else "") + "]\n")
+                note = (
+                    "[output not kept: cells that run after the grader's first test could show its hidden "
+                    "cases" + (f"; this cell raised {errors[0]}" if errors else "") + "]\n"
+                )
                 cell.outputs = [NotebookNode(output_type="stream", name="stdout", text=note)]
             return cell, resources
         except Exception as exc:  # DeadKernelError, a kernel that stopped answering, ...
             self._dead = f"the kernel stopped while running an earlier cell ({type(exc).__name__})"
-            cell.outputs.append(NotebookNode(output_type="error", ename=type(exc).__name__,
-                                             evalue=self._dead, traceback=[self._dead]))
+            cell.outputs.append(
+                NotebookNode(output_type="error", ename=type(exc).__name__, evalue=self._dead, traceback=[self._dead])
+            )
             return cell, resources
 
     def output(self, outs, msg, display_id, cell_index):
@@ -479,9 +517,12 @@ class TrustedExecute(Execute):
         if self._cell_bytes > self.max_output_bytes or self._total_output > self.max_total_output_bytes:
             if not self._cut:
                 self._cut = True
-                note = NotebookNode(output_type="stream", name="stdout",
-                                    text=f"\n[output cut by the grader: more than {self.max_output_bytes // 1000} kB "
-                                         "in this cell or the notebook]\n")
+                note = NotebookNode(
+                    output_type="stream",
+                    name="stdout",
+                    text=f"\n[output cut by the grader: more than {self.max_output_bytes // 1000} kB "
+                    "in this cell or the notebook]\n",
+                )
                 outs.append(note)
             return None
         return super().output(outs, msg, display_id, cell_index)
@@ -489,9 +530,11 @@ class TrustedExecute(Execute):
     # ---------------------------------------------------------------- the agent and the trusted tests
     def _install_agent(self) -> None:
         self._agent_ready = True
-        code = (f"import types as _t, sys as _s\n_m = _t.ModuleType('_grading_agent_src')\n"
-                f"exec(compile({AGENT_SOURCE!r}, '<grading-agent>', 'exec'), _m.__dict__)\n"
-                "_m.install(get_ipython().user_ns)\ndel _t, _s, _m\n")
+        code = (
+            f"import types as _t, sys as _s\n_m = _t.ModuleType('_grading_agent_src')\n"
+            f"exec(compile({AGENT_SOURCE!r}, '<grading-agent>', 'exec'), _m.__dict__)\n"
+            "_m.install(get_ipython().user_ns)\ndel _t, _s, _m\n"
+        )
         try:
             reply = self._execute_silently(code, timeout=60)
         except Exception as exc:  # noqa: BLE001
@@ -500,7 +543,7 @@ class TrustedExecute(Execute):
         if reply is None or reply.get("content", {}).get("status") != "ok":
             self._dead = "the grading agent could not be installed in the kernel"
 
-    def _execute_silently(self, code: str, timeout: float) -> Optional[Dict[str, Any]]:
+    def _execute_silently(self, code: str, timeout: float) -> dict[str, Any] | None:
         """Run code in the kernel without recording anything in the notebook; None on timeout."""
         assert self.kc is not None
         msg_id = self.kc.execute(code, silent=True, store_history=False, allow_stdin=False)
@@ -531,6 +574,7 @@ class TrustedExecute(Execute):
 
         async def wait() -> Any:
             return await ensure_async(value)
+
         return run_sync(wait)()
 
     def _interrupt(self) -> None:
@@ -540,7 +584,7 @@ class TrustedExecute(Execute):
         except Exception:  # noqa: BLE001
             pass
 
-    def _transport(self, request: Dict[str, Any], timeout: Optional[float]) -> Dict[str, Any]:
+    def _transport(self, request: dict[str, Any], timeout: float | None) -> dict[str, Any]:
         if self._dead:
             raise KernelFailure(self._dead)
         token = uuid.uuid4().hex
@@ -548,8 +592,7 @@ class TrustedExecute(Execute):
         response_path = self._outbox / f"{token}.pt"
         torch.save(request, request_path)
         os.chmod(request_path, 0o644)
-        code = (f"__import__('sys').modules['_grading_agent'].agent.serve({str(request_path)!r}, "
-                f"{str(response_path)!r})")
+        code = f"__import__('sys').modules['_grading_agent'].agent.serve({str(request_path)!r}, {str(response_path)!r})"
         try:
             reply = self._execute_silently(code, timeout or 60)
         except KernelFailure:
@@ -558,8 +601,9 @@ class TrustedExecute(Execute):
         finally:
             request_path.unlink(missing_ok=True)
         if reply is None:
-            raise KernelFailure(f"your code did not finish within {timeout:.0f} s (stopped; the rest of this test "
-                                "was not run)")
+            raise KernelFailure(
+                f"your code did not finish within {timeout:.0f} s (stopped; the rest of this test was not run)"
+            )
         try:
             return read_response(str(response_path))
         finally:
@@ -571,27 +615,31 @@ class TrustedExecute(Execute):
         process = getattr(provisioner, "process", None)
         return int(getattr(process, "pid", 0) or 0)
 
-    def _judge(self, cell_id: str) -> List[NotebookNode]:
+    def _judge(self, cell_id: str) -> list[NotebookNode]:
         test = self._tests.get(cell_id)
         if test is None:
             return _verdict_outputs(cell_id, KernelFailure(f"the grader has no test for {cell_id!r}"), 0.0)
         if self._dead:
             return _verdict_outputs(cell_id, KernelFailure(self._dead), 0.0)
         pid = self._sandbox_pid()
-        student = Student(self._transport, lambda: sandbox_cpu_seconds(pid) if pid else time.process_time(),
-                          default_forbid=self._tests.get("__forbid__"),  # type: ignore[arg-type]
-                          call_timeout=float(self.timeout or 120))
+        student = Student(
+            self._transport,
+            lambda: sandbox_cpu_seconds(pid) if pid else time.process_time(),
+            default_forbid=self._tests.get("__forbid__"),  # type: ignore[arg-type]
+            call_timeout=float(self.timeout or 120),
+        )
         start = time.perf_counter()
         student.deadline = time.monotonic() + self.test_timeout
         try:
             test(student)
-            error: Optional[BaseException] = None
+            error: BaseException | None = None
         except (AssertionError, KernelFailure) as exc:
             error = exc
         except Exception as exc:  # noqa: BLE001 - a bug in a trusted test must not look like the student's
             self.log.error("trusted test %s crashed: %s", cell_id, traceback.format_exc())
-            error = KernelFailure(f"the grader's test {cell_id} could not run ({type(exc).__name__}: {exc}); "
-                                  "tell your instructor")
+            error = KernelFailure(
+                f"the grader's test {cell_id} could not run ({type(exc).__name__}: {exc}); tell your instructor"
+            )
         finally:
             with contextlib.suppress(Exception):
                 if not self._dead:

@@ -22,6 +22,7 @@ unpacking, two nested ``for`` loops) never matches, while a copy of any solution
 planted-copy test below renames every local name of every such region, re-indents it into a chapter cell, and
 checks that it is found.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -30,7 +31,7 @@ import keyword
 import re
 import textwrap
 import tokenize
-from typing import Dict, Iterator, List, Tuple
+from collections.abc import Iterator
 
 import nbformat
 import pytest
@@ -40,14 +41,17 @@ from grading.paths import REPO, SOLUTIONS, assignment_names, release_notebook
 
 WINDOW = 3
 MIN_TOKENS = 20
-KEPT_NAMES = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"torch", "nn", "F", "np", "math", "torchvision",
-                                                                     "self", "super"}
+KEPT_NAMES = (
+    frozenset(keyword.kwlist)
+    | frozenset(dir(builtins))
+    | {"torch", "nn", "F", "np", "math", "torchvision", "self", "super"}
+)
 CHAPTERS = sorted((REPO / "notebooks").glob("*.ipynb"))
-Statement = Tuple[str, ...]
-Fingerprints = Dict[Tuple[Statement, ...], List[str]]
+Statement = tuple[str, ...]
+Fingerprints = dict[tuple[Statement, ...], list[str]]
 
 
-def statements(code: str) -> List[Statement]:
+def statements(code: str) -> list[Statement]:
     """The normalised statements of a piece of Python (a cell, or a region cut out of a function body)."""
     # indentation carries no information once INDENT/DEDENT are dropped: strip it, so that any fragment tokenizes
     lines = [line.lstrip() for line in code.split("\n")]
@@ -57,8 +61,8 @@ def statements(code: str) -> List[Statement]:
     except (tokenize.TokenError, IndentationError, SyntaxError):
         return []
     skipped = {tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING, tokenize.ENDMARKER, tokenize.NL}
-    out: List[Statement] = []
-    current: List[str] = []
+    out: list[Statement] = []
+    current: list[str] = []
     depth, previous = 0, ""
     for i, tok in enumerate(tokens):
         if tok.type in skipped:
@@ -86,7 +90,7 @@ def statements(code: str) -> List[Statement]:
     return out
 
 
-def solution_regions(nb: nbformat.NotebookNode, kind: str = "SOLUTION") -> Iterator[Tuple[str, str]]:
+def solution_regions(nb: nbformat.NotebookNode, kind: str = "SOLUTION") -> Iterator[tuple[str, str]]:
     """(grade_id, code) of every ``### BEGIN <kind>`` .. ``### END <kind>`` region of a source notebook."""
     for cell in nb.cells:
         inside, lines = False, []
@@ -100,7 +104,7 @@ def solution_regions(nb: nbformat.NotebookNode, kind: str = "SOLUTION") -> Itera
                 lines.append(line)
 
 
-def secret_code() -> Iterator[Tuple[str, str, str]]:
+def secret_code() -> Iterator[tuple[str, str, str]]:
     """(assignment, origin, code) of every piece of secret code: the solution and hidden-test regions of the
     source notebooks, every Python file of ``solutions/<a>/`` besides the notebook, every file of
     ``grading/hidden/`` (named after its assignment)."""
@@ -116,12 +120,12 @@ def secret_code() -> Iterator[Tuple[str, str, str]]:
             yield path.stem, str(path.relative_to(REPO)), path.read_text()
 
 
-def windows(stmts: List[Statement], size: int) -> Iterator[Tuple[Statement, ...]]:
+def windows(stmts: list[Statement], size: int) -> Iterator[tuple[Statement, ...]]:
     for i in range(len(stmts) - size + 1):
-        yield tuple(stmts[i:i + size])
+        yield tuple(stmts[i : i + size])
 
 
-def region_fingerprints(code: str) -> List[Tuple[Statement, ...]]:
+def region_fingerprints(code: str) -> list[tuple[Statement, ...]]:
     """The windows of a solution region that are long enough to identify it."""
     stmts = statements(code)
     size = min(WINDOW, len(stmts))
@@ -141,7 +145,7 @@ def public_windows(nb: nbformat.NotebookNode) -> set:
 def fingerprints() -> Fingerprints:
     """window -> ["assignment/grade_id" or file, ...] of the secret code it identifies (:func:`secret_code`)."""
     found: Fingerprints = {}
-    public: Dict[str, set] = {}
+    public: dict[str, set] = {}
     for name, origin, code in secret_code():
         if name not in public:
             release = release_notebook(name)
@@ -152,7 +156,7 @@ def fingerprints() -> Fingerprints:
     return found
 
 
-def copies(nb: nbformat.NotebookNode, prints: Fingerprints) -> List[Tuple[int, str, str]]:
+def copies(nb: nbformat.NotebookNode, prints: Fingerprints) -> list[tuple[int, str, str]]:
     """(cell index, solution region, the matching code) for every fingerprint found in a code cell of ``nb``
     (one entry per region the fingerprint identifies)."""
     out = []
@@ -173,18 +177,24 @@ def prints() -> Fingerprints:
 
 
 def test_every_assignment_has_fingerprints(prints):
-    covered = {origin.split("/")[0] for origins in prints.values() for origin in origins
-               if not origin.startswith(("grading/", "solutions/"))}
+    covered = {
+        origin.split("/")[0]
+        for origins in prints.values()
+        for origin in origins
+        if not origin.startswith(("grading/", "solutions/"))
+    }
     assert covered == set(assignment_names()), f"no fingerprint for {set(assignment_names()) - covered}"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[p.stem for p in CHAPTERS])
 def test_no_chapter_copies_a_solution(chapter, prints):
     found = copies(nbformat.read(chapter, as_version=4), prints)
-    assert not found, "\n".join(f"{chapter.name} cell {i} repeats {origin}: {code[:200]}" for i, origin, code in found[:5])
+    assert not found, "\n".join(
+        f"{chapter.name} cell {i} repeats {origin}: {code[:200]}" for i, origin, code in found[:5]
+    )
 
 
-def graded_names() -> Dict[str, str]:
+def graded_names() -> dict[str, str]:
     """name -> "assignment/grade_id" of every function and class a solution cell defines."""
     names = {}
     for name in assignment_names():
@@ -196,22 +206,31 @@ def graded_names() -> Dict[str, str]:
     return names
 
 
-def defined_names(nb: nbformat.NotebookNode) -> Dict[str, int]:
+def defined_names(nb: nbformat.NotebookNode) -> dict[str, int]:
     """name -> cell index of every function or class a notebook's code cells define (at any nesting level)."""
-    return {name: i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
-            for name in re.findall(r"^\s*(?:def|class)\s+(\w+)", cell.source, re.M)}
+    return {
+        name: i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        for name in re.findall(r"^\s*(?:def|class)\s+(\w+)", cell.source, re.M)
+    }
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[p.stem for p in CHAPTERS])
 def test_no_chapter_defines_a_graded_function_or_class(chapter):
     graded = graded_names()
-    clashes = {name: (i, graded[name]) for name, i in defined_names(nbformat.read(chapter, as_version=4)).items()
-               if name in graded and not name.startswith("__")}
+    clashes = {
+        name: (i, graded[name])
+        for name, i in defined_names(nbformat.read(chapter, as_version=4)).items()
+        if name in graded and not name.startswith("__")
+    }
     assert not clashes, f"{chapter.name} defines what an assignment grades (name: (cell, assignment)): {clashes}"
 
 
 def test_a_chapter_defining_a_graded_class_is_caught():
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("class BasicBlock(nn.Module):\n    expansion = 1\n")])
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("class BasicBlock(nn.Module):\n    expansion = 1\n")]
+    )
     graded = graded_names()
     assert "BasicBlock" in graded and "fold_batchnorm" in graded and "nms" in graded
     assert "BasicBlock" in defined_names(nb)
@@ -219,9 +238,14 @@ def test_a_chapter_defining_a_graded_class_is_caught():
 
 def _renamed(code: str) -> str:
     """``code`` with every name that the normalisation maps to ``_`` renamed (as a student copying it might)."""
-    local = {tok.string for tok in tokenize.generate_tokens(io.StringIO(textwrap.dedent(code) + "\n").readline)
-             if tok.type == tokenize.NAME and tok.string not in KEPT_NAMES}
-    return re.sub(r"(?<![.\w])(\w+)\b(?!\s*=[^=])", lambda m: f"my_{m.group(1)}" if m.group(1) in local else m.group(1), code)
+    local = {
+        tok.string
+        for tok in tokenize.generate_tokens(io.StringIO(textwrap.dedent(code) + "\n").readline)
+        if tok.type == tokenize.NAME and tok.string not in KEPT_NAMES
+    }
+    return re.sub(
+        r"(?<![.\w])(\w+)\b(?!\s*=[^=])", lambda m: f"my_{m.group(1)}" if m.group(1) in local else m.group(1), code
+    )
 
 
 def test_a_renamed_reindented_copy_of_any_secret_code_is_found(prints):
@@ -242,10 +266,12 @@ def test_a_renamed_reindented_copy_of_any_secret_code_is_found(prints):
 
 def test_ordinary_chapter_code_is_not_flagged(prints):
     """The library calls a chapter is meant to use instead of an answer are no copy."""
-    code = ("keep = torchvision.ops.nms(boxes, scores, 0.5)\n"
-            "block = torchvision.models.resnet.BasicBlock(64, 64)\n"
-            "fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv.eval(), bn.eval())\n"
-            "up = nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1)(x)\n")
+    code = (
+        "keep = torchvision.ops.nms(boxes, scores, 0.5)\n"
+        "block = torchvision.models.resnet.BasicBlock(64, 64)\n"
+        "fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv.eval(), bn.eval())\n"
+        "up = nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1)(x)\n"
+    )
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
     assert copies(nb, prints) == []
 

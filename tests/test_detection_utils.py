@@ -1,4 +1,5 @@
 """Unit tests of utils.detection (the pycocotools bridge: coco_evaluate, coco_matches; fast)."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,13 +9,21 @@ from utils.detection import COCO_STAT_NAMES, coco_evaluate, coco_matches
 
 
 def _targets() -> list:
-    return [{"boxes": torch.tensor([[2.0, 3.0, 20.0, 25.0], [30.0, 30.0, 50.0, 44.0]]), "labels": torch.tensor([1, 2])},
-            {"boxes": torch.tensor([[10.0, 10.0, 40.0, 40.0]]), "labels": torch.tensor([1])}]
+    return [
+        {"boxes": torch.tensor([[2.0, 3.0, 20.0, 25.0], [30.0, 30.0, 50.0, 44.0]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.tensor([[10.0, 10.0, 40.0, 40.0]]), "labels": torch.tensor([1])},
+    ]
 
 
 def _perfect(targets: list) -> list:
-    return [{"boxes": t["boxes"].clone(), "scores": torch.linspace(0.9, 0.6, len(t["labels"])),
-             "labels": t["labels"].clone()} for t in targets]
+    return [
+        {
+            "boxes": t["boxes"].clone(),
+            "scores": torch.linspace(0.9, 0.6, len(t["labels"])),
+            "labels": t["labels"].clone(),
+        }
+        for t in targets
+    ]
 
 
 def test_perfect_predictions_score_one():
@@ -30,7 +39,7 @@ def test_shifted_boxes_lower_the_map_more_at_strict_thresholds():
     targets = _targets()
     shifted = _perfect(targets)
     for pred in shifted:
-        pred["boxes"] = pred["boxes"] + torch.tensor([3.0, 3.0, 3.0, 3.0])   # IoU about 0.6-0.8
+        pred["boxes"] = pred["boxes"] + torch.tensor([3.0, 3.0, 3.0, 3.0])  # IoU about 0.6-0.8
     result = coco_evaluate(shifted, targets)
     assert result["map"] < 1.0 and result["map_75"] < result["map_50"], result
     assert result["map_50"] == pytest.approx(1.0), "every shifted box still overlaps its object by IoU > 0.5"
@@ -38,12 +47,14 @@ def test_shifted_boxes_lower_the_map_more_at_strict_thresholds():
 
 def test_empty_predictions_give_zero_and_iou_thresholds():
     targets = _targets()
-    empty = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
-             for _ in targets]
+    empty = [
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+        for _ in targets
+    ]
     result = coco_evaluate(empty, targets)
     assert result["map"] == result["map_50"] == result["map_75"] == 0.0
     shifted = _perfect(targets)
-    shifted[1]["boxes"] = shifted[1]["boxes"] + 6.0   # IoU 0.42 with its object: a miss at 0.5
+    shifted[1]["boxes"] = shifted[1]["boxes"] + 6.0  # IoU 0.42 with its object: a miss at 0.5
     full = coco_evaluate(shifted, targets)
     only_50 = coco_evaluate(shifted, targets, iou_thresholds=[0.5])
     assert only_50["map"] == pytest.approx(full["map_50"]) and only_50["map_75"] == pytest.approx(full["map_75"])

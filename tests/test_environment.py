@@ -1,4 +1,5 @@
 """The environment promised by the README: pinned, consistent, `utils` from the repo, `make lab` serving."""
+
 from __future__ import annotations
 
 import json
@@ -57,6 +58,7 @@ def test_environment_yml_installs_the_same_requirements():
 
 def test_installed_versions_match_the_pins():
     from importlib.metadata import version
+
     for name, pinned in _requirements().items():
         assert version(name) == pinned, f"{name}: installed {version(name)}, pinned {pinned}"
 
@@ -65,17 +67,24 @@ def test_no_slow_importing_iri_validator(python):
     """jsonschema >= 4.25 drags in rfc3987-syntax, whose import costs seconds in every nbgrader and
     nbformat process (each autograde run starts several); the jsonschema pin keeps it out."""
     probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('rfc3987_syntax') is not None)"
-    assert subprocess.run([python, "-c", probe]).returncode == 0, \
+    assert subprocess.run([python, "-c", probe]).returncode == 0, (
         "rfc3987_syntax is installed: pin jsonschema below 4.25 (python-jsonschema/jsonschema#1392)"
+    )
 
 
 def test_utils_comes_from_the_repo_even_next_to_a_stray_utils_py(tmp_path, python):
     (tmp_path / "utils.py").write_text("raise ImportError('the stray utils.py was imported')\n")
-    out = subprocess.run([python, "-c", "import utils, sys; print(utils.__file__); print('torch' in sys.modules)"],
-                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [python, "-c", "import utils, sys; print(utils.__file__); print('torch' in sys.modules)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert Path(out[0]) == REPO / "utils" / "__init__.py"
     assert out[1] == "False", "importing utils at start-up must stay cheap (no torch)"
     import utils
+
     assert Path(utils.__file__).resolve() == REPO / "utils" / "__init__.py"
 
 
@@ -93,8 +102,13 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_make_lab_serves_jupyterlab_without_the_instructor_ui():
     port, token = _free_port(), "course-test-token"
-    proc = subprocess.Popen(["make", "lab", f"PORT={port}", f"LAB_ARGS=--no-browser --IdentityProvider.token={token}"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["make", "lab", f"PORT={port}", f"LAB_ARGS=--no-browser --IdentityProvider.token={token}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         page, deadline = None, time.time() + 120
         while time.time() < deadline and page is None:
@@ -106,8 +120,9 @@ def test_make_lab_serves_jupyterlab_without_the_instructor_ui():
                 assert proc.poll() is None, proc.stdout.read().decode()
                 time.sleep(1)
         assert page is not None, "JupyterLab did not answer on /lab within 2 minutes"
-        config = json.loads(re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>',
-                                      page, re.S).group(1))
+        config = json.loads(
+            re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', page, re.S).group(1)
+        )
         disabled = config.get("disabledExtensions", [])
         assert "@jupyter/nbgrader:formgrader" in disabled and "@jupyter/nbgrader:create-assignment" in disabled
         assert Path(config["serverRoot"]).resolve() == REPO / "notebooks"

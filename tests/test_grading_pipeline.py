@@ -7,6 +7,7 @@ utils.py together with a torch warning, an endless loop). Each assignment's subm
 PARTS scratch courses (one `nbgrader autograde` run each) and GRADING_JOBS runs go at a time. The tests
 then read the scores from the gradebooks with nbgrader's API.
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,14 +22,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
 
 import nbformat
 import pytest
 
 from grading import pipeline, submissions
-from grading.submissions import nbgrader_meta
 from grading.paths import REPO, assignment_names
+from grading.submissions import nbgrader_meta
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,8 @@ def with_torch_warning(nb):
         f"\n\n\n_correct_{name} = {name}\n\n\ndef {name}(*args, **kwargs):\n"
         "    import torch\n"
         "    torch.tensor(torch.zeros(1))  # torch warns: copy-constructing from a tensor\n"
-        f"    return _correct_{name}(*args, **kwargs)\n")
+        f"    return _correct_{name}(*args, **kwargs)\n"
+    )
     return nb
 
 
@@ -104,11 +105,11 @@ STRAY_UTILS = "raise ImportError('a student utils.py shadowed the course utils p
 class Graded:
     """Everything graded for one assignment, merged over the scratch courses that graded it."""
 
-    scores: Dict[str, pipeline.Score] = field(default_factory=dict)
-    rescores: Dict[str, pipeline.Score] = field(default_factory=dict)  # the first course, after a re-grade
-    courses: Dict[str, pipeline.Course] = field(default_factory=dict)  # student -> the course that graded them
-    loop: Optional[pipeline.Score] = None
-    seconds: Dict[str, float] = field(default_factory=dict)
+    scores: dict[str, pipeline.Score] = field(default_factory=dict)
+    rescores: dict[str, pipeline.Score] = field(default_factory=dict)  # the first course, after a re-grade
+    courses: dict[str, pipeline.Course] = field(default_factory=dict)  # student -> the course that graded them
+    loop: pipeline.Score | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def autograded(self, student: str, assignment: str) -> nbformat.NotebookNode:
         root = self.courses[student].root
@@ -139,7 +140,7 @@ class Unit:
     assignment: str
     part: int
     students: list
-    cell_timeout: Optional[int] = None
+    cell_timeout: int | None = None
 
     @property
     def cost(self) -> int:
@@ -180,13 +181,19 @@ def _make_autograde(root: Path) -> dict:
     one correct and one blank submission of the first assignment; graded in the pool beside the units."""
     assignment = ASSIGNMENTS[0]
     folder = root / "inbox"
-    for student, nb in (("alice", submissions.student_notebook(assignment)),
-                        ("bob", nbformat.read(REPO / "assignments" / assignment / f"{assignment}.ipynb", as_version=4))):
+    for student, nb in (
+        ("alice", submissions.student_notebook(assignment)),
+        ("bob", nbformat.read(REPO / "assignments" / assignment / f"{assignment}.ipynb", as_version=4)),
+    ):
         (folder / student / assignment).mkdir(parents=True)
         nbformat.write(nb, folder / student / assignment / f"{assignment}.ipynb")
     course = pipeline.Course(root / "course")
-    out = subprocess.run([sys.executable, "-m", "grading", "autograde", str(folder), "--root", str(course.root)],
-                         cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "grading", "autograde", str(folder), "--root", str(course.root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     return {"assignment": assignment, "folder": folder, "course": course, "out": out}
 
 
@@ -194,7 +201,7 @@ MAKE_AUTOGRADE: dict = {}  # filled by the `graded` fixture, read by the make-au
 
 
 @pytest.fixture(scope="session")
-def graded(tmp_path_factory) -> Dict[str, Graded]:
+def graded(tmp_path_factory) -> dict[str, Graded]:
     start = time.perf_counter()
     units = _units()
     roots = [tmp_path_factory.mktemp(f"{u.assignment}_{u.part}") for u in units]  # here, not in the threads
@@ -254,8 +261,9 @@ def test_blank_release_scores_zero_and_every_cell_runs(graded, assignment):
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert errors and all(o.ename != "CellTimeoutError" for o in errors)
     verdicts = [o for c in code if nbgrader_meta(c).get("grade") for o in c.outputs if o.output_type == "error"]
-    assert verdicts and all("NotImplementedError" in o.evalue for o in verdicts), \
+    assert verdicts and all("NotImplementedError" in o.evalue for o in verdicts), (
         "every test's verdict should say the stub is not implemented"
+    )
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
@@ -300,8 +308,13 @@ def test_stray_utils_py_does_not_shadow_the_course_utils(graded, assignment):
     assert score.total == score.max_total, _describe(score)
     nb = graded[assignment].autograded("stray_utils_and_warning", assignment)
     assert "shadowed" not in json.dumps(nb), "the stray utils.py was imported"
-    assert (graded[assignment].courses["stray_utils_and_warning"].root / "autograded" / "stray_utils_and_warning"
-            / assignment / "utils.py").exists(), "the stray utils.py was not next to the graded notebook"
+    assert (
+        graded[assignment].courses["stray_utils_and_warning"].root
+        / "autograded"
+        / "stray_utils_and_warning"
+        / assignment
+        / "utils.py"
+    ).exists(), "the stray utils.py was not next to the graded notebook"
 
 
 def test_nbgrader_zeroes_a_test_cell_that_writes_to_stderr():
@@ -309,8 +322,9 @@ def test_nbgrader_zeroes_a_test_cell_that_writes_to_stderr():
     from nbformat.v4 import new_code_cell, new_output
     from nbgrader.utils import determine_grade
 
-    cell = new_code_cell("f(x)", metadata={"nbgrader": {"grade": True, "grade_id": "t", "points": 5,
-                                                        "solution": False, "locked": True}})
+    cell = new_code_cell(
+        "f(x)", metadata={"nbgrader": {"grade": True, "grade_id": "t", "points": 5, "solution": False, "locked": True}}
+    )
     cell.outputs = [new_output("stream", name="stderr", text="UserWarning: harmless\n")]
     assert determine_grade(cell)[0] == 0
     cell.outputs = [new_output("stream", name="stdout", text="UserWarning: harmless\n")]
@@ -335,8 +349,11 @@ def test_endless_loop_costs_only_its_tests(graded, assignment):
     loop = g.loop
     assert 0 < loop.total < loop.max_total, f"endless loop: {_describe(loop)}"
     nb = g.autograded("endless_loop", assignment)
-    timed_out = [c for c in nb.cells if any(o.output_type == "error" and "did not finish within" in o.evalue
-                                            for o in c.get("outputs", []))]
+    timed_out = [
+        c
+        for c in nb.cells
+        if any(o.output_type == "error" and "did not finish within" in o.evalue for o in c.get("outputs", []))
+    ]
     assert timed_out, "no test reports the call that did not finish"
 
 
@@ -346,17 +363,22 @@ def test_regrading_gives_the_same_scores_and_keeps_other_grades(graded, assignme
     g = graded[assignment]
     first = g.courses["solution"]
     before = {s: score for s, score in g.scores.items() if g.courses[s] is first}
-    assert len(before) > 1 and set(g.rescores) == set(before), "students disappeared from the gradebook after re-grading"
+    assert len(before) > 1 and set(g.rescores) == set(before), (
+        "students disappeared from the gradebook after re-grading"
+    )
     for student, score in before.items():
-        assert g.rescores[student].cells == score.cells, f"{student}: {_describe(score)} -> {_describe(g.rescores[student])}"
+        assert g.rescores[student].cells == score.cells, (
+            f"{student}: {_describe(score)} -> {_describe(g.rescores[student])}"
+        )
 
 
 # ----------------------------------------------------------------------------- feedback
 def _hidden_lines(assignment: str):
     """Substantial lines of the hidden tests that a student does not see anyway (in the release or in
     the solution code a student writes)."""
-    hidden, _ = submissions.region_lines(nbformat.read(REPO / "solutions" / assignment / f"{assignment}.ipynb",
-                                                       as_version=4), kinds=("HIDDEN TESTS",))
+    hidden, _ = submissions.region_lines(
+        nbformat.read(REPO / "solutions" / assignment / f"{assignment}.ipynb", as_version=4), kinds=("HIDDEN TESTS",)
+    )
     hidden += [line.strip() for line in (REPO / "grading" / "hidden" / f"{assignment}.py").read_text().split("\n")]
     student = submissions.student_notebook(assignment)
     visible = re.sub(r"\s+", " ", "\n".join(cell.source for cell in student.cells))  # the student's own code too
@@ -402,5 +424,5 @@ def test_make_autograde_grades_a_folder_exports_and_summarises(graded):
     assert "alice" in grades and "bob" in grades
     assert (course.root / "feedback" / "alice" / assignment / f"{assignment}.html").exists()
     dry = subprocess.run(["make", "-n", "autograde", f"SUBMISSIONS={folder}"], cwd=REPO, capture_output=True, text=True)
-    assert f"-m grading autograde \"{folder}\"" in dry.stdout
+    assert f'-m grading autograde "{folder}"' in dry.stdout
     assert (course.root / "ungradable.csv").exists() and (course.root / "review.csv").exists()

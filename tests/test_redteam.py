@@ -7,6 +7,7 @@ The properties (issue 20): no cheat scores above the same submission without it;
 before and after it keep full marks; the instructor's files are unchanged; grading always finishes and
 exports grades.csv; the review list names the suspicious submissions and only them.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,7 +19,6 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Dict, Tuple
 
 import nbformat
 import pytest
@@ -33,7 +33,7 @@ ASSIGNMENTS = [a for a in assignment_names() if a in os.environ.get("GRADING_ONL
 MAIN = "nms" if "nms" in ASSIGNMENTS else ASSIGNMENTS[0]
 LISTENER_PORT = 47_123  # a server on the grader's loopback that no kernel may reach
 
-CHEATS: Dict[str, str] = {
+CHEATS: dict[str, str] = {
     # the verdict lives outside the kernel: rebinding the helpers the visible tests use changes nothing
     "rebinds_test_helpers": """
 import torch, utils, utils.testing
@@ -60,7 +60,7 @@ sys.excepthook = lambda *a: None
 """,
 }
 
-ATTACKS: Dict[str, str] = {
+ATTACKS: dict[str, str] = {
     "reads_instructor_files": """
 import pathlib, utils, json
 root = pathlib.Path(utils.__file__).resolve().parents[1]
@@ -190,9 +190,20 @@ def _with_forged_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     output), claims a real test's grade_id for another with an old metadata schema (which makes nbgrader
     stop a whole run), and points the kernelspec elsewhere."""
     nb = copy.deepcopy(nb)
-    bonus = nbformat.v4.new_code_cell("print('bonus')", metadata={"nbgrader": {
-        "grade": True, "grade_id": "bonus_points", "points": 50, "locked": False, "solution": False,
-        "schema_version": 3, "task": False}})
+    bonus = nbformat.v4.new_code_cell(
+        "print('bonus')",
+        metadata={
+            "nbgrader": {
+                "grade": True,
+                "grade_id": "bonus_points",
+                "points": 50,
+                "locked": False,
+                "solution": False,
+                "schema_version": 3,
+                "task": False,
+            }
+        },
+    )
     bonus.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "50"}, execution_count=1)]
     first_test = next(c for c in nb.cells if nbgrader_meta(c).get("grade"))
     twin = nbformat.v4.new_code_cell("pass", metadata={"nbgrader": dict(nbgrader_meta(first_test), schema_version=1)})
@@ -201,16 +212,18 @@ def _with_forged_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def _bases(assignment: str) -> Dict[str, nbformat.NotebookNode]:
+def _bases(assignment: str) -> dict[str, nbformat.NotebookNode]:
     wrong = submissions.wrong_submissions(assignment)
-    return {"solution": submissions.student_notebook(assignment),
-            "blank": nbformat.read(REPO / "assignments" / assignment / f"{assignment}.ipynb", as_version=4),
-            "bug": next(iter(wrong.values()))}
+    return {
+        "solution": submissions.student_notebook(assignment),
+        "blank": nbformat.read(REPO / "assignments" / assignment / f"{assignment}.ipynb", as_version=4),
+        "bug": next(iter(wrong.values())),
+    }
 
 
-def _inbox() -> Dict[Tuple[str, str], Tuple[str, nbformat.NotebookNode]]:
+def _inbox() -> dict[tuple[str, str], tuple[str, nbformat.NotebookNode]]:
     """(student, assignment) -> (base student, notebook)."""
-    subs: Dict[Tuple[str, str], Tuple[str, nbformat.NotebookNode]] = {}
+    subs: dict[tuple[str, str], tuple[str, nbformat.NotebookNode]] = {}
     for a in ASSIGNMENTS:
         bases = _bases(a)
         subs[("aaa_classmate", a)] = ("aaa_classmate", bases["solution"])
@@ -279,9 +292,23 @@ def redteam(tmp_path_factory):
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        out = subprocess.run([sys.executable, "-m", "grading", "autograde", str(inbox), "--root", str(course.root),
-                              "--jobs", os.environ.get("GRADING_JOBS", "2")],
-                             cwd=REPO, capture_output=True, text=True, timeout=3000)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "grading",
+                "autograde",
+                str(inbox),
+                "--root",
+                str(course.root),
+                "--jobs",
+                os.environ.get("GRADING_JOBS", "2"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=3000,
+        )
     finally:
         stop.set()
         thread.join()
@@ -289,8 +316,14 @@ def redteam(tmp_path_factory):
     scores = {a: pipeline.read_scores(course.db_url, a, a) for a in ASSIGNMENTS}
     (REPO / "test-output").mkdir(exist_ok=True)
     (REPO / "test-output" / "redteam.log").write_text(out.stdout + "\n" + out.stderr)
-    return {"subs": subs, "scores": scores, "out": out, "course": course, "hits": hits,
-            "hash_changed": _tree_hash(*protected) != before}
+    return {
+        "subs": subs,
+        "scores": scores,
+        "out": out,
+        "course": course,
+        "hits": hits,
+        "hash_changed": _tree_hash(*protected) != before,
+    }
 
 
 def _hostile():
@@ -302,8 +335,10 @@ def test_a_submission_that_cannot_be_graded_scores_zero_and_is_listed(redteam):
     listed = {(r["student"], r["assignment"]): r["reason"] for r in rows}
     assert ("broken_notebook", MAIN) in listed, rows
     assert all(student == "broken_notebook" for student, _ in listed), f"honest or gradable ones listed: {listed}"
-    grades = {(r["student_id"], r["assignment"]): float(r["score"] or 0)
-              for r in csv.DictReader(open(redteam["course"].root / "grades.csv"))}
+    grades = {
+        (r["student_id"], r["assignment"]): float(r["score"] or 0)
+        for r in csv.DictReader(open(redteam["course"].root / "grades.csv"))
+    }
     assert grades.get(("broken_notebook", MAIN), 0.0) == 0.0
     assert "could not grade 1 submission" in redteam["out"].stdout
 
@@ -343,18 +378,21 @@ def test_classmates_before_and_after_keep_full_marks(redteam, assignment):
 
 def test_instructor_files_are_unchanged_and_unseen(redteam):
     assert not redteam["hash_changed"], "a submission changed solutions/, grading/, assignments/ or utils/"
-    nb = nbformat.read(redteam["course"].root / "autograded" / "attack_reads_instructor_files" / MAIN / f"{MAIN}.ipynb",
-                       as_version=4)
+    nb = nbformat.read(
+        redteam["course"].root / "autograded" / "attack_reads_instructor_files" / MAIN / f"{MAIN}.ipynb", as_version=4
+    )
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "FOUND []" in text, f"the kernel could read instructor files: {text[:500]}"
 
 
 def test_no_connection_left_the_sandbox(redteam):
     assert not redteam["hits"], f"a kernel reached the grader's loopback: {redteam['hits']}"
-    nb = nbformat.read(redteam["course"].root / "autograded" / "attack_opens_network_connections" / MAIN / f"{MAIN}.ipynb",
-                       as_version=4)
+    nb = nbformat.read(
+        redteam["course"].root / "autograded" / "attack_opens_network_connections" / MAIN / f"{MAIN}.ipynb",
+        as_version=4,
+    )
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert f"127.0.0.1 0" not in text and "8.8.8.8 0" not in text, text[:500]
+    assert "127.0.0.1 0" not in text and "8.8.8.8 0" not in text, text[:500]
 
 
 def test_an_output_flood_is_cut_not_stored(redteam):
@@ -364,8 +402,10 @@ def test_an_output_flood_is_cut_not_stored(redteam):
 
 
 def test_memory_is_limited(redteam):
-    nb = nbformat.read(redteam["course"].root / "autograded" / "attack_allocates_past_memory_limit" / MAIN / f"{MAIN}.ipynb",
-                       as_version=4)
+    nb = nbformat.read(
+        redteam["course"].root / "autograded" / "attack_allocates_past_memory_limit" / MAIN / f"{MAIN}.ipynb",
+        as_version=4,
+    )
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "refused" in text and "allocated" not in text, text[:500]
 
@@ -375,6 +415,9 @@ def test_the_review_list_flags_hostile_code_and_not_honest_code(redteam):
     flagged = {r["student"] for r in rows}
     assert not flagged & {"aaa_classmate", "zzz_classmate", "base_solution", "base_blank", "base_bug"}, flagged
     # exhausting memory or output needs no suspicious code: the limits answer those, not the review list
-    expected = {s for s, _ in _hostile()} - {"attack_allocates_past_memory_limit", "attack_prints_hundreds_of_megabytes"}
+    expected = {s for s, _ in _hostile()} - {
+        "attack_allocates_past_memory_limit",
+        "attack_prints_hundreds_of_megabytes",
+    }
     assert expected <= flagged, f"not flagged: {sorted(expected - flagged)}"
     assert "review list" in redteam["out"].stdout

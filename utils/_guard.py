@@ -8,6 +8,7 @@ notebook's folder is on ``sys.path``; every later ``import utils`` then finds th
 in ``sys.modules``. ``utils/__init__.py`` is lazy, so this costs a few milliseconds, not a torch import.
 ``make`` runs it after installing; conda users run it once by hand (see README).
 """
+
 from __future__ import annotations
 
 import site

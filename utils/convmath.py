@@ -1,15 +1,16 @@
 """Convolution arithmetic: output sizes, parameters, multiply-accumulates, storage."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import Union
 
 __all__ = ["conv_output_size", "conv_cost", "ConvCost"]
 
-IntPair = Union[int, Tuple[int, int]]
+IntPair = Union[int, tuple[int, int]]
 
 
-def _pair(v: IntPair) -> Tuple[int, int]:
+def _pair(v: IntPair) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
@@ -28,7 +29,7 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, 
 class ConvCost:
     """Cost of one ``Conv2d`` on one image."""
 
-    out_shape: Tuple[int, int, int]  # (C_out, H', W')
+    out_shape: tuple[int, int, int]  # (C_out, H', W')
     params: int  # weights + biases
     macs: int  # multiply-accumulates = C_out * H' * W' * (C_in / groups) * K_h * K_w
     output_storage: int  # number of output activations C_out * H' * W'
@@ -39,8 +40,17 @@ class ConvCost:
         return 2 * self.macs
 
 
-def conv_cost(in_channels: int, out_channels: int, input_size: IntPair, kernel_size: IntPair, stride: IntPair = 1,
-              padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1, bias: bool = True) -> ConvCost:
+def conv_cost(
+    in_channels: int,
+    out_channels: int,
+    input_size: IntPair,
+    kernel_size: IntPair,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    bias: bool = True,
+) -> ConvCost:
     """Shape, parameters, MACs and output storage of ``nn.Conv2d(in, out, kernel, stride, padding, dilation, groups, bias)``
     applied to a ``Tensor[1, in_channels, H, W]``.
 

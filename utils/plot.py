@@ -1,7 +1,8 @@
 """Plot helpers. Each takes ``ax=None`` (a new figure is made when omitted) and returns the Axes."""
+
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -31,8 +32,15 @@ def _to_hwc(image: Tensor) -> np.ndarray:
     return img.numpy()
 
 
-def show_images(images: Union[Tensor, Sequence[Tensor]], labels: Optional[Sequence] = None, ncols: int = 8,
-                ax=None, title: Optional[str] = None, cmap: str = "gray", padding: int = 2):
+def show_images(
+    images: Tensor | Sequence[Tensor],
+    labels: Sequence | None = None,
+    ncols: int = 8,
+    ax=None,
+    title: str | None = None,
+    cmap: str = "gray",
+    padding: int = 2,
+):
     """Draw a grid of images ``Tensor[B, C, H, W]`` (or a list of ``Tensor[C, H, W]`` of one size) on one Axes.
 
     ``labels`` (one per image) are written in the top-left corner of each tile.
@@ -51,16 +59,23 @@ def show_images(images: Union[Tensor, Sequence[Tensor]], labels: Optional[Sequen
         h, w = batch.shape[-2:]
         for i, label in enumerate(labels):
             r, c = divmod(i, ncols)
-            ax.text(c * (w + padding) + padding + 1, r * (h + padding) + padding + 1, str(label),
-                    color="yellow", fontsize=8, va="top", ha="left",
-                    bbox=dict(facecolor="black", alpha=0.5, pad=1, lw=0))
+            ax.text(
+                c * (w + padding) + padding + 1,
+                r * (h + padding) + padding + 1,
+                str(label),
+                color="yellow",
+                fontsize=8,
+                va="top",
+                ha="left",
+                bbox=dict(facecolor="black", alpha=0.5, pad=1, lw=0),
+            )
     ax.set_axis_off()
     if title:
         ax.set_title(title)
     return ax
 
 
-def plot_history(history, ax=None, metric: str = "loss", label: Optional[str] = None):
+def plot_history(history, ax=None, metric: str = "loss", label: str | None = None):
     """Train (solid) and validation (dashed) curves of a :class:`utils.train.History` per epoch.
 
     ``metric`` is ``"loss"`` or ``"acc"``; ``label`` prefixes the legend (to overlay several runs).
@@ -69,7 +84,7 @@ def plot_history(history, ax=None, metric: str = "loss", label: Optional[str] = 
     epochs = np.arange(1, history.epochs + 1)
     prefix = f"{label} " if label else ""
     train = getattr(history, f"train_{metric}")
-    line, = ax.plot(epochs, train, "-o", ms=3, label=f"{prefix}train")
+    (line,) = ax.plot(epochs, train, "-o", ms=3, label=f"{prefix}train")
     val = np.asarray(getattr(history, f"val_{metric}"), dtype=float)
     if np.isfinite(val).any():
         ax.plot(epochs, val, "--", color=line.get_color(), label=f"{prefix}validation")
@@ -80,9 +95,17 @@ def plot_history(history, ax=None, metric: str = "loss", label: Optional[str] = 
     return ax
 
 
-def draw_boxes(image: Tensor, boxes: Tensor, labels: Optional[Tensor] = None, scores: Optional[Tensor] = None,
-               class_names: Optional[Sequence[str]] = None, ax=None, colors: Optional[Sequence] = None,
-               linestyle: str = "-", title: Optional[str] = None):
+def draw_boxes(
+    image: Tensor,
+    boxes: Tensor,
+    labels: Tensor | None = None,
+    scores: Tensor | None = None,
+    class_names: Sequence[str] | None = None,
+    ax=None,
+    colors: Sequence | None = None,
+    linestyle: str = "-",
+    title: str | None = None,
+):
     """Draw ``boxes`` ``Tensor[K, 4]`` (x1, y1, x2, y2 pixels) on ``image`` ``Tensor[C, H, W]``.
 
     Each box is captioned with its class name (or label) and score when given; boxes of one
@@ -100,24 +123,38 @@ def draw_boxes(image: Tensor, boxes: Tensor, labels: Optional[Tensor] = None, sc
         cls = int(labels[k]) if labels is not None else 0
         color = palette[cls % len(palette)]
         # pixel (i, j) covers [j, j+1) x [i, i+1); imshow centres it at (j, i), hence the -0.5
-        ax.add_patch(patches.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, lw=1.8,
-                                       edgecolor=color, linestyle=linestyle))
+        ax.add_patch(
+            patches.Rectangle(
+                (x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, lw=1.8, edgecolor=color, linestyle=linestyle
+            )
+        )
         caption = []
         if labels is not None:
             caption.append(class_names[cls] if class_names is not None else str(cls))
         if scores is not None:
             caption.append(f"{float(scores[k]):.2f}")
         if caption:
-            ax.text(x1 - 0.5, y1 - 1.0, " ".join(caption), color="white", fontsize=7, va="bottom",
-                    bbox=dict(facecolor=color, alpha=0.8, pad=1, lw=0))
+            ax.text(
+                x1 - 0.5,
+                y1 - 1.0,
+                " ".join(caption),
+                color="white",
+                fontsize=7,
+                va="bottom",
+                bbox=dict(facecolor=color, alpha=0.8, pad=1, lw=0),
+            )
     ax.set_axis_off()
     if title:
         ax.set_title(title)
     return ax
 
 
-def record_layer_stats(model: nn.Module, x: Tensor, layer_types: Tuple[Type[nn.Module], ...] = (nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.Sigmoid),
-                       loss_fn=None) -> Dict[str, List[Tensor]]:
+def record_layer_stats(
+    model: nn.Module,
+    x: Tensor,
+    layer_types: tuple[type[nn.Module], ...] = (nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.Sigmoid),
+    loss_fn=None,
+) -> dict[str, list[Tensor]]:
     """Run ``model(x)`` (and a backward pass of ``loss_fn(out)``, default ``out.pow(2).mean()``) and record,
     for every sub-module of one of ``layer_types`` in order, its output activations and their gradients.
 
@@ -132,6 +169,7 @@ def record_layer_stats(model: nn.Module, x: Tensor, layer_types: Tuple[Type[nn.M
             out.retain_grad()
             names.append(name)
             outputs.append(out)
+
         return _fn
 
     for name, module in model.named_modules():
@@ -150,8 +188,14 @@ def record_layer_stats(model: nn.Module, x: Tensor, layer_types: Tuple[Type[nn.M
     return {"names": names, "activations": acts, "gradients": grads}
 
 
-def plot_layer_stats(values: Sequence[Tensor], names: Optional[Sequence[str]] = None, ax=None, bins: int = 60,
-                     title: Optional[str] = None, value_range: Optional[Tuple[float, float]] = None):
+def plot_layer_stats(
+    values: Sequence[Tensor],
+    names: Sequence[str] | None = None,
+    ax=None,
+    bins: int = 60,
+    title: str | None = None,
+    value_range: tuple[float, float] | None = None,
+):
     """Per-layer histograms of activations (or gradients), one outline per layer, coloured from first
     (dark) to last (light) layer; the legend gives each layer's standard deviation.
 
@@ -170,8 +214,16 @@ def plot_layer_stats(values: Sequence[Tensor], names: Optional[Sequence[str]] = 
     cmap = plt.get_cmap("viridis")
     for i, v in enumerate(flat):
         label = names[i] if names is not None else f"layer {i + 1}"
-        ax.hist(v.numpy(), bins=bins, range=value_range, histtype="step", density=True, lw=1.2,
-                color=cmap(i / max(len(flat) - 1, 1)), label=f"{label} (std {float(v.std()):.2g})")
+        ax.hist(
+            v.numpy(),
+            bins=bins,
+            range=value_range,
+            histtype="step",
+            density=True,
+            lw=1.2,
+            color=cmap(i / max(len(flat) - 1, 1)),
+            label=f"{label} (std {float(v.std()):.2g})",
+        )
     ax.set_xlabel("value")
     ax.set_ylabel("density")
     if len(flat) <= 12:

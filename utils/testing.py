@@ -4,13 +4,15 @@ nbgrader gives a test cell zero points when it raises *or* writes to stderr, so 
 say exactly what went wrong (which case, expected vs got, the worst element), and
 :func:`warnings_to_stdout` keeps a harmless library warning from costing points.
 """
+
 from __future__ import annotations
 
 import contextlib
 import importlib
 import sys
 import warnings
-from typing import Any, Callable, Iterator, List, Tuple, Union
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,8 +26,9 @@ def _fmt(t: Tensor, limit: int = 6) -> str:
     return f"[{body}{', ...' if flat.numel() > limit else ''}]"
 
 
-def assert_close(name: str, got: Any, expected: Any, rtol: float = 1e-7, atol: float = 1e-9,
-                 check_dtype: bool = True) -> None:
+def assert_close(
+    name: str, got: Any, expected: Any, rtol: float = 1e-7, atol: float = 1e-9, check_dtype: bool = True
+) -> None:
     """Raise ``AssertionError`` with a student-readable message unless ``got`` matches ``expected``.
 
     The message names the case, then reports the first problem found: wrong type, wrong shape,
@@ -41,8 +44,10 @@ def assert_close(name: str, got: Any, expected: Any, rtol: float = 1e-7, atol: f
     """
     if isinstance(expected, (tuple, list)):
         if not isinstance(got, (tuple, list)) or len(got) != len(expected):
-            raise AssertionError(f"{name}: expected a sequence of {len(expected)} values, got {type(got).__name__}"
-                                 + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""))
+            raise AssertionError(
+                f"{name}: expected a sequence of {len(expected)} values, got {type(got).__name__}"
+                + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else "")
+            )
         for i, (g, e) in enumerate(zip(got, expected)):
             assert_close(f"{name}[{i}]", g, e, rtol, atol, check_dtype)
         return
@@ -51,7 +56,9 @@ def assert_close(name: str, got: Any, expected: Any, rtol: float = 1e-7, atol: f
             raise AssertionError(f"{name}: expected a number ({expected!r}), got {type(got).__name__}: {got!r}")
         got_v, exp_v = float(got), float(expected)
         if not abs(got_v - exp_v) <= atol + rtol * abs(exp_v):
-            raise AssertionError(f"{name}: expected {exp_v:.10g}, got {got_v:.10g} (difference {abs(got_v - exp_v):.3g})")
+            raise AssertionError(
+                f"{name}: expected {exp_v:.10g}, got {got_v:.10g} (difference {abs(got_v - exp_v):.3g})"
+            )
         return
     if got is None:
         raise AssertionError(f"{name}: got None - did the function forget to return its result?")
@@ -68,29 +75,37 @@ def assert_close(name: str, got: Any, expected: Any, rtol: float = 1e-7, atol: f
             raise AssertionError(
                 f"{name}: {int(bad.sum())} of {expected.numel()} elements differ; first at index {index}: "
                 f"expected {expected[index].item()}, got {got[index].item()}\n"
-                f"  expected {_fmt(expected)}\n  got      {_fmt(got.to(expected.dtype))}")
+                f"  expected {_fmt(expected)}\n  got      {_fmt(got.to(expected.dtype))}"
+            )
         return
     g, e = got.detach().to(torch.float64).cpu(), expected.detach().to(torch.float64).cpu()
     finite_mismatch = torch.isnan(g) != torch.isnan(e)
     diff = (g - e).abs().nan_to_num(nan=0.0, posinf=float("inf"))
     bad = (diff > atol + rtol * e.abs()) | finite_mismatch
     if bool(bad.any()):
-        score = torch.where(bad, diff.nan_to_num(posinf=1e300) + finite_mismatch.double() * 1e300, torch.zeros_like(diff))
+        score = torch.where(
+            bad, diff.nan_to_num(posinf=1e300) + finite_mismatch.double() * 1e300, torch.zeros_like(diff)
+        )
         flat = int(score.argmax())
         index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), e.shape)) if e.ndim else ()
         worst_diff, worst_expected = float(diff.reshape(-1)[flat]), float(e.abs().reshape(-1)[flat])
-        error = f"relative error {worst_diff / worst_expected:.2e}" if worst_expected > 0 else f"absolute error {worst_diff:.2e}"
+        error = (
+            f"relative error {worst_diff / worst_expected:.2e}"
+            if worst_expected > 0
+            else f"absolute error {worst_diff:.2e}"
+        )
         raise AssertionError(
             f"{name}: {int(bad.sum())} of {e.numel()} elements are off (rtol={rtol:g}, atol={atol:g}); "
             f"worst at index {index}: expected {e.reshape(-1)[flat].item():.10g}, got {g.reshape(-1)[flat].item():.10g} "
-            f"({error})")
+            f"({error})"
+        )
 
 
 class ForbiddenFunctionError(RuntimeError):
     """Raised when graded code calls a function the assignment asks you to write yourself."""
 
 
-def _resolve(path: str) -> Tuple[Any, str]:
+def _resolve(path: str) -> tuple[Any, str]:
     """``"torch.nn.functional.conv2d"`` -> (the module or class object, ``"conv2d"``)."""
     parts = path.split(".")
     for cut in range(len(parts) - 1, 0, -1):
@@ -105,8 +120,15 @@ def _resolve(path: str) -> Tuple[Any, str]:
 
 
 # namespaces where one function object often has several names (F.conv2d is torch.conv2d, ...)
-_ALIAS_HOMES = ("torch", "torch.nn.functional", "torch.nn", "torch.nn.grad", "torch.autograd", "torchvision.ops",
-                "torchvision.ops.boxes")
+_ALIAS_HOMES = (
+    "torch",
+    "torch.nn.functional",
+    "torch.nn",
+    "torch.nn.grad",
+    "torch.autograd",
+    "torchvision.ops",
+    "torchvision.ops.boxes",
+)
 
 
 @contextlib.contextmanager
@@ -120,12 +142,14 @@ def forbid(*paths: str) -> Iterator[None]:
         with forbid("torch.nn.functional.conv2d", "torch.nn.functional.unfold"):
             out, cache = conv2d_forward_fast(x, w, b)
     """
-    patched: List[Tuple[Any, str, Any]] = []
+    patched: list[tuple[Any, str, Any]] = []
 
     def blocker(label: str) -> Callable[..., Any]:
         def _blocked(*args: Any, **kwargs: Any) -> Any:
             raise ForbiddenFunctionError(
-                f"{label} is not allowed in this exercise: the point is to implement it yourself.")
+                f"{label} is not allowed in this exercise: the point is to implement it yourself."
+            )
+
         return _blocked
 
     # resolve everything before patching anything, so the order of the paths does not matter
@@ -159,6 +183,7 @@ def warnings_to_stdout() -> None:
     from torch inside correct code would cost the student the cell's points. The warning is still
     shown, just on the other stream. Assignment notebooks call this in their locked setup cell.
     """
+
     def _show(message, category, filename, lineno, file=None, line=None):  # same signature as warnings.showwarning
         # line="" leaves out the source line, which could quote a hidden test
         sys.stdout.write(warnings.formatwarning(message, category, filename, lineno, line=""))

@@ -1,11 +1,12 @@
 """Seeding, devices, a small training loop with progress bars, and model accounting."""
+
 from __future__ import annotations
 
 import os
 import random
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -48,12 +49,12 @@ def get_device() -> torch.device:
 class History:
     """Per-epoch metrics recorded by :func:`fit` (accuracies are ``nan`` for non-classification losses)."""
 
-    train_loss: List[float] = field(default_factory=list)
-    train_acc: List[float] = field(default_factory=list)
-    val_loss: List[float] = field(default_factory=list)
-    val_acc: List[float] = field(default_factory=list)
-    lr: List[float] = field(default_factory=list)
-    seconds: List[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
 
     @property
     def epochs(self) -> int:
@@ -65,14 +66,14 @@ class History:
         return int(np.nanargmax(values) if metric.endswith("acc") else np.nanargmin(values))
 
 
-def _accuracy_count(output: Tensor, target: Tensor) -> Tuple[int, bool]:
+def _accuracy_count(output: Tensor, target: Tensor) -> tuple[int, bool]:
     """Correct predictions in a batch, and whether accuracy makes sense for it."""
     if output.ndim == 2 and target.ndim == 1 and not target.is_floating_point():
         return int((output.argmax(dim=1) == target).sum()), True
     return 0, False
 
 
-def _run_epoch(model, loader, loss_fn, device, optimizer=None, bar=None) -> Tuple[float, float]:
+def _run_epoch(model, loader, loss_fn, device, optimizer=None, bar=None) -> tuple[float, float]:
     training = optimizer is not None
     model.train(training)
     total_loss, correct, seen, classify = 0.0, 0, 0, True
@@ -98,8 +99,12 @@ def _run_epoch(model, loader, loss_fn, device, optimizer=None, bar=None) -> Tupl
     return total_loss / max(seen, 1), accuracy
 
 
-def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
-             device: Optional[torch.device] = None) -> Tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+    device: torch.device | None = None,
+) -> tuple[float, float]:
     """Mean loss and accuracy of ``model`` over ``loader`` in eval mode, without gradients.
 
     Returns:
@@ -110,9 +115,17 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable[[Tensor, Tens
     return _run_epoch(model, loader, loss_fn, device)
 
 
-def fit(model: nn.Module, train_loader: Iterable, val_loader: Optional[Iterable], optimizer: torch.optim.Optimizer,
-        epochs: int, loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
-        scheduler=None, progress: bool = True, device: Optional[torch.device] = None) -> History:
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable | None,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+    scheduler=None,
+    progress: bool = True,
+    device: torch.device | None = None,
+) -> History:
     """Train ``model`` for ``epochs`` epochs and record loss/accuracy per epoch.
 
     Args:
@@ -142,7 +155,9 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Optional[Iterable]
         train_loss, train_acc = _run_epoch(model, train_loader, loss_fn, device, optimizer, bar)
         if bar is not None:
             bar.close()
-        val_loss, val_acc = _run_epoch(model, val_loader, loss_fn, device) if val_loader is not None else (float("nan"),) * 2
+        val_loss, val_acc = (
+            _run_epoch(model, val_loader, loss_fn, device) if val_loader is not None else (float("nan"),) * 2
+        )
         history.lr.append(optimizer.param_groups[0]["lr"])
         if scheduler is not None:
             scheduler.step()
@@ -152,8 +167,10 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Optional[Iterable]
         history.val_acc.append(val_acc)
         history.seconds.append(time.perf_counter() - start)
         if progress:
-            tqdm.write(f"epoch {epoch + 1:>3}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
-                       f"val loss {val_loss:.4f} acc {val_acc:.3f}")
+            tqdm.write(
+                f"epoch {epoch + 1:>3}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
+                f"val loss {val_loss:.4f} acc {val_acc:.3f}"
+            )
     return history
 
 
@@ -162,7 +179,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def count_flops(model: nn.Module, input_shape: Union[Sequence[int], Tensor]) -> int:
+def count_flops(model: nn.Module, input_shape: Sequence[int] | Tensor) -> int:
     """Forward-pass FLOPs of ``model`` on one input, counted by ``torch.utils.flop_counter``.
 
     A multiply-accumulate counts as 2 FLOPs (so a conv costs ``2 * C_out * C_in * K * K * H' * W'``

@@ -1,8 +1,10 @@
 """ipywidgets that degrade to one static figure when nobody is there to move the sliders."""
+
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["under_test", "interactive_or_static"]
 

@@ -1,4 +1,5 @@
 """Shared test configuration of the student edition."""
+
 from __future__ import annotations
 
 import os

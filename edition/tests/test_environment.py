@@ -1,4 +1,5 @@
 """The environment of the student edition: pinned, consistent, and `utils` from this folder."""
+
 from __future__ import annotations
 
 import os
@@ -22,20 +23,24 @@ def _requirements() -> dict:
 
 def test_environment_yml_installs_the_same_requirements():
     block = (ROOT / "environment.yml").read_text().split("- pip:", 1)[1]
-    pins = {m.group(1).lower(): m.group(2) for m in re.finditer(r"^\s*-\s*([A-Za-z0-9_.\-\[\]]+)==(\S+)\s*$", block, re.M)}
+    pins = {
+        m.group(1).lower(): m.group(2) for m in re.finditer(r"^\s*-\s*([A-Za-z0-9_.\-\[\]]+)==(\S+)\s*$", block, re.M)
+    }
     assert pins == _requirements()
 
 
 def test_installed_versions_match_the_pins():
     from importlib.metadata import version
+
     wrong = {name: (version(name), pinned) for name, pinned in _requirements().items() if version(name) != pinned}
     assert not wrong, f"installed vs pinned: {wrong} (run `make setup`)"
 
 
 def test_utils_comes_from_this_folder_even_next_to_a_stray_utils_py(tmp_path, python):
     (tmp_path / "utils.py").write_text("raise ImportError('the stray utils.py was imported')\n")
-    out = subprocess.run([python, "-c", "import utils; print(utils.__file__)"], cwd=tmp_path,
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [python, "-c", "import utils; print(utils.__file__)"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert Path(out[0]).resolve() == ROOT / "utils" / "__init__.py"
 
 
@@ -51,6 +56,10 @@ def _sources() -> list:
 def test_the_edition_needs_no_instructor_code():
     """No notebook or module of this edition imports the instructor's grading tools."""
     pattern = re.compile(r"^\s*(from|import)\s+grading\b", re.M)
-    offenders = [str(p.relative_to(ROOT)) for p in _sources() if p.name != Path(__file__).name
-                 and pattern.search(p.read_text(errors="replace").replace('\\n"', "\n").replace('"', ""))]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in _sources()
+        if p.name != Path(__file__).name
+        and pattern.search(p.read_text(errors="replace").replace('\\n"', "\n").replace('"', ""))
+    ]
     assert not offenders, f"import of `grading` in {offenders}"

@@ -14,10 +14,12 @@ several steps, inputs that must stay unmodified). They go through the fixed prob
 call the student's code in the order the notebook's tests did and hand back the raw tensors; every
 comparison happens here.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +29,8 @@ from grading.trusted import ForbiddenUse, KernelFailure, Student, StudentError, 
 from utils.testing import assert_close  # names the case; expected vs got at the worst element
 
 F64 = torch.float64
-TOL = {"rtol": 1e-9, "atol": 1e-10}     # float64 comparisons with PyTorch (the notebook's TOL)
-TOL32 = {"rtol": 1e-5, "atol": 1e-5}    # float32 comparisons (the notebook's TOL32)
+TOL = {"rtol": 1e-9, "atol": 1e-10}  # float64 comparisons with PyTorch (the notebook's TOL)
+TOL32 = {"rtol": 1e-5, "atol": 1e-5}  # float32 comparisons (the notebook's TOL32)
 EXACT = {"rtol": 0.0, "atol": 0.0}
 
 # The notebook's FORBIDDEN (every alias is one code object or builtin, so a captured reference is caught
@@ -38,26 +40,45 @@ EXACT = {"rtol": 0.0, "atol": 0.0}
 # (The layers share their base classes' methods; a shared method is reported under the last class listed
 # that has it, so nn.BatchNorm2d, the layer of this assignment, comes last.)
 NOTEBOOK_FORBIDDEN = (
-    "torch.nn.functional.batch_norm", "torch.nn.functional.layer_norm", "torch.nn.functional.group_norm",
-    "torch.nn.functional.instance_norm", "torch.batch_norm", "torch.layer_norm", "torch.group_norm",
-    "torch.instance_norm", "torch.native_batch_norm", "torch.native_layer_norm", "torch.native_group_norm",
-    "torch.nn.LayerNorm", "torch.nn.GroupNorm", "torch.nn.InstanceNorm2d", "torch.nn.BatchNorm1d",
-    "torch.nn.BatchNorm3d", "torch.nn.BatchNorm2d",
+    "torch.nn.functional.batch_norm",
+    "torch.nn.functional.layer_norm",
+    "torch.nn.functional.group_norm",
+    "torch.nn.functional.instance_norm",
+    "torch.batch_norm",
+    "torch.layer_norm",
+    "torch.group_norm",
+    "torch.instance_norm",
+    "torch.native_batch_norm",
+    "torch.native_layer_norm",
+    "torch.native_group_norm",
+    "torch.nn.LayerNorm",
+    "torch.nn.GroupNorm",
+    "torch.nn.InstanceNorm2d",
+    "torch.nn.BatchNorm1d",
+    "torch.nn.BatchNorm3d",
+    "torch.nn.BatchNorm2d",
 )
 LIBRARY_INTERNALS = (
-    "torch._decomp.decompositions.native_batch_norm_helper", "torch._decomp.decompositions.native_batch_norm",
-    "torch._decomp.decompositions.native_batch_norm_backward", "torch._decomp.decompositions.batch_norm_backward",
+    "torch._decomp.decompositions.native_batch_norm_helper",
+    "torch._decomp.decompositions.native_batch_norm",
+    "torch._decomp.decompositions.native_batch_norm_backward",
+    "torch._decomp.decompositions.batch_norm_backward",
     "torch._decomp.decompositions._native_batch_norm_legit",
     "torch._decomp.decompositions._native_batch_norm_legit_no_training",
     "torch._decomp.decompositions._native_batch_norm_legit_functional",
-    "torch._decomp.decompositions._batch_norm_with_update", "torch._decomp.decompositions._batch_norm_no_update",
+    "torch._decomp.decompositions._batch_norm_with_update",
+    "torch._decomp.decompositions._batch_norm_no_update",
     "torch._decomp.decompositions.native_layer_norm_backward",
     "torch._decomp.decompositions.native_group_norm_backward",
-    "torch._refs.native_layer_norm", "torch._refs.native_group_norm",
-    "torch._refs.nn.functional.layer_norm", "torch._refs.nn.functional.group_norm",
+    "torch._refs.native_layer_norm",
+    "torch._refs.native_group_norm",
+    "torch._refs.nn.functional.layer_norm",
+    "torch._refs.nn.functional.group_norm",
 )
-FORBID = dict(ops=["aten::*batch_norm*", "aten::*layer_norm*", "aten::*group_norm*", "aten::*instance_norm*"],
-              python=[*NOTEBOOK_FORBIDDEN, *LIBRARY_INTERNALS])
+FORBID = dict(
+    ops=["aten::*batch_norm*", "aten::*layer_norm*", "aten::*group_norm*", "aten::*instance_norm*"],
+    python=[*NOTEBOOK_FORBIDDEN, *LIBRARY_INTERNALS],
+)
 
 
 # ----------------------------------------------------------------------------- probes (run in the kernel)
@@ -160,11 +181,11 @@ def _run(student: Student, case: str, what: str, probe: str, **bindings: Any) ->
     except (StudentError, ForbiddenUse, KernelFailure) as exc:
         message = str(exc)
         if message.startswith("your code"):
-            message = what + message[len("your code"):]
+            message = what + message[len("your code") :]
         raise type(exc)(f"{case}: {message}") from None
 
 
-def _triple(case: str, function: str, grads: Any) -> Tuple[Any, Any, Any]:
+def _triple(case: str, function: str, grads: Any) -> tuple[Any, Any, Any]:
     """``(dx, dgamma, dbeta)`` from what a backward function returned, or a failure naming the case."""
     if not isinstance(grads, (tuple, list)) or len(grads) != 3:
         got = type(grads).__name__ + (f" of length {len(grads)}" if isinstance(grads, (tuple, list)) else "")
@@ -172,7 +193,7 @@ def _triple(case: str, function: str, grads: Any) -> Tuple[Any, Any, Any]:
     return grads[0], grads[1], grads[2]
 
 
-def _reference_grads(forward: Any, dout: Tensor, *leaves: Tensor) -> Tuple[Tensor, List[Tensor]]:
+def _reference_grads(forward: Any, dout: Tensor, *leaves: Tensor) -> tuple[Tensor, list[Tensor]]:
     """``forward()`` with autograd here, backward with ``dout``: (output, gradients of ``leaves``)."""
     for leaf in leaves:
         leaf.grad = None
@@ -183,8 +204,15 @@ def _reference_grads(forward: Any, dout: Tensor, *leaves: Tensor) -> Tuple[Tenso
 
 # ----------------------------------------------------------------------------- Part 2: forward, training
 def _check_forward_train(
-    student: Student, case: str, N: int, D: int, momentum: float = 0.1, eps: float = 1e-5, steps: int = 1,
-    dtype: torch.dtype = F64, seed: int = 0,
+    student: Student,
+    case: str,
+    N: int,
+    D: int,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    steps: int = 1,
+    dtype: torch.dtype = F64,
+    seed: int = 0,
 ) -> None:
     """``steps`` training-mode calls of batchnorm_forward on ``Tensor[N, D]`` against F.batch_norm, with the
     running statistics updated in place."""
@@ -196,8 +224,19 @@ def _check_forward_train(
     ref_mean, ref_var = running_mean.clone(), running_var.clone()
     tol = TOL if dtype == F64 else TOL32
     xs = [torch.randn(N, D, generator=g, dtype=dtype) * 2.0 + 3.0 for _ in range(steps)]
-    got = _run(student, case, "batchnorm_forward", _FORWARD_STEPS, _xs=xs, _gamma=gamma, _beta=beta,
-               _running_mean=running_mean, _running_var=running_var, _momentum=momentum, _eps=eps)
+    got = _run(
+        student,
+        case,
+        "batchnorm_forward",
+        _FORWARD_STEPS,
+        _xs=xs,
+        _gamma=gamma,
+        _beta=beta,
+        _running_mean=running_mean,
+        _running_var=running_var,
+        _momentum=momentum,
+        _eps=eps,
+    )
     if not isinstance(got, list) or len(got) != steps:
         raise AssertionError(f"{case}: batchnorm_forward did not run {steps} time(s)")
     for step, (x, (out, mean_after, var_after)) in enumerate(zip(xs, got), start=1):
@@ -212,13 +251,27 @@ def test_batchnorm_forward_train(student: Student) -> None:
     """Training mode: output and running statistics, one step and several, odd and tiny shapes, float32."""
     _check_forward_train(student, "batchnorm_forward, training, N=8, D=5", 8, 5)
     _check_forward_train(student, "batchnorm_forward, training, N=16, D=4, three steps", 16, 4, steps=3, seed=1)
-    _check_forward_train(student, "batchnorm_forward, training, odd shape N=3, D=7, momentum=0.3, eps=1e-3, "
-                         "five steps", 3, 7, momentum=0.3, eps=1e-3, steps=5, seed=11)
+    _check_forward_train(
+        student,
+        "batchnorm_forward, training, odd shape N=3, D=7, momentum=0.3, eps=1e-3, five steps",
+        3,
+        7,
+        momentum=0.3,
+        eps=1e-3,
+        steps=5,
+        seed=11,
+    )
     _check_forward_train(student, "batchnorm_forward, training, smallest batch N=2, D=1", 2, 1, seed=12)
-    _check_forward_train(student, "batchnorm_forward, training, N=50, D=3, momentum=0.01, four steps", 50, 3,
-                         momentum=0.01, steps=4, seed=13)
-    _check_forward_train(student, "batchnorm_forward, training, float32 N=10, D=6", 10, 6, dtype=torch.float32,
-                         seed=14)
+    _check_forward_train(
+        student,
+        "batchnorm_forward, training, N=50, D=3, momentum=0.01, four steps",
+        50,
+        3,
+        momentum=0.01,
+        steps=4,
+        seed=13,
+    )
+    _check_forward_train(student, "batchnorm_forward, training, float32 N=10, D=6", 10, 6, dtype=torch.float32, seed=14)
 
 
 # ----------------------------------------------------------------------------- Part 2: forward, evaluation
@@ -230,8 +283,18 @@ def _check_forward_eval(student: Student, case: str, N: int, D: int, eps: float 
     beta = torch.randn(D, generator=g, dtype=F64)
     running_mean = torch.randn(D, generator=g, dtype=F64)
     running_var = torch.rand(D, generator=g, dtype=F64) + 0.2
-    out, mean_after, var_after = _run(student, case, "batchnorm_forward", _FORWARD_EVAL, _x=x, _gamma=gamma,
-                                      _beta=beta, _running_mean=running_mean, _running_var=running_var, _eps=eps)
+    out, mean_after, var_after = _run(
+        student,
+        case,
+        "batchnorm_forward",
+        _FORWARD_EVAL,
+        _x=x,
+        _gamma=gamma,
+        _beta=beta,
+        _running_mean=running_mean,
+        _running_var=running_var,
+        _eps=eps,
+    )
     expected = F.batch_norm(x, running_mean.clone(), running_var.clone(), gamma, beta, training=False, eps=eps)
     assert_close(f"{case}: out", out, expected, **TOL)
     assert_close(f"{case}: running_mean must not change in eval mode", mean_after, running_mean, **EXACT)
@@ -242,14 +305,21 @@ def _check_forward_eval(student: Student, case: str, N: int, D: int, eps: float 
 def test_batchnorm_forward_eval(student: Student) -> None:
     """Evaluation mode, including a single sample."""
     _check_forward_eval(student, "batchnorm_forward, eval, N=6, D=4", 6, 4)
-    _check_forward_eval(student, "batchnorm_forward, eval with a single sample, N=1, D=9, eps=1e-2", 1, 9, eps=1e-2,
-                        seed=21)
+    _check_forward_eval(
+        student, "batchnorm_forward, eval with a single sample, N=1, D=9, eps=1e-2", 1, 9, eps=1e-2, seed=21
+    )
     _check_forward_eval(student, "batchnorm_forward, eval, N=7, D=2", 7, 2, seed=22)
 
 
 # ----------------------------------------------------------------------------- Parts 3 and 4: backward
 def _check_norm_backward(
-    student: Student, case: str, backward: str, N: int, D: int, training: bool = True, eps: float = 1e-5,
+    student: Student,
+    case: str,
+    backward: str,
+    N: int,
+    D: int,
+    training: bool = True,
+    eps: float = 1e-5,
     seed: int = 0,
 ) -> None:
     """The student's batchnorm_forward + ``backward`` (by name) against autograd through F.batch_norm, float64
@@ -262,12 +332,27 @@ def _check_norm_backward(
     running_var = torch.rand(D, generator=g, dtype=F64) + 0.5
     dout = torch.randn(N, D, generator=g, dtype=F64)
     with student.forbid(autograd=True):
-        grads = _run(student, case, f"batchnorm_forward / {backward}", _FORWARD_BACKWARD.format(backward=backward),
-                     _x=x.detach(), _gamma=gamma.detach(), _beta=beta.detach(), _running_mean=running_mean.clone(),
-                     _running_var=running_var.clone(), _training=training, _eps=eps, _dout=dout)
+        grads = _run(
+            student,
+            case,
+            f"batchnorm_forward / {backward}",
+            _FORWARD_BACKWARD.format(backward=backward),
+            _x=x.detach(),
+            _gamma=gamma.detach(),
+            _beta=beta.detach(),
+            _running_mean=running_mean.clone(),
+            _running_var=running_var.clone(),
+            _training=training,
+            _eps=eps,
+            _dout=dout,
+        )
     _, (x_grad, gamma_grad, beta_grad) = _reference_grads(
         lambda: F.batch_norm(x, running_mean.clone(), running_var.clone(), gamma, beta, training, 0.1, eps),
-        dout, x, gamma, beta)
+        dout,
+        x,
+        gamma,
+        beta,
+    )
     dx, dgamma, dbeta = _triple(case, backward, grads)
     assert_close(f"{case}: dx", dx, x_grad, **TOL)
     assert_close(f"{case}: dgamma", dgamma, gamma_grad, **TOL)
@@ -300,8 +385,14 @@ def test_batchnorm_backward_alt(student: Student) -> None:
 
 # ----------------------------------------------------------------------------- Part 6: spatial batch norm
 def _check_spatial(
-    student: Student, case: str, shape: Tuple[int, int, int, int], training: bool = True, momentum: float = 0.1,
-    eps: float = 1e-5, steps: int = 1, seed: int = 0,
+    student: Student,
+    case: str,
+    shape: tuple[int, int, int, int],
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    steps: int = 1,
+    seed: int = 0,
 ) -> None:
     """spatial_batchnorm_forward/backward on ``Tensor[N, C, H, W]`` against F.batch_norm and autograd, over
     ``steps`` steps on the same running buffers."""
@@ -315,15 +406,28 @@ def _check_spatial(
     xs = [(torch.randn(shape, generator=g, dtype=F64) * 2.0 + 0.5) for _ in range(steps)]
     douts = [torch.randn(shape, generator=g, dtype=F64) for _ in range(steps)]
     with student.forbid(autograd=True):
-        got = _run(student, case, "spatial_batchnorm_forward / spatial_batchnorm_backward", _SPATIAL_STEPS,
-                   _xs=xs, _douts=douts, _gamma=gamma.detach(), _beta=beta.detach(), _running_mean=running_mean,
-                   _running_var=running_var, _training=training, _momentum=momentum, _eps=eps)
+        got = _run(
+            student,
+            case,
+            "spatial_batchnorm_forward / spatial_batchnorm_backward",
+            _SPATIAL_STEPS,
+            _xs=xs,
+            _douts=douts,
+            _gamma=gamma.detach(),
+            _beta=beta.detach(),
+            _running_mean=running_mean,
+            _running_var=running_var,
+            _training=training,
+            _momentum=momentum,
+            _eps=eps,
+        )
     if not isinstance(got, list) or len(got) != steps:
         raise AssertionError(f"{case}: spatial_batchnorm_forward did not run {steps} time(s)")
     for step, (x, dout, (out, mean_after, var_after, grads)) in enumerate(zip(xs, douts, got), start=1):
         x = x.clone().requires_grad_()
         expected, (x_grad, gamma_grad, beta_grad) = _reference_grads(
-            lambda: F.batch_norm(x, ref_mean, ref_var, gamma, beta, training, momentum, eps), dout, x, gamma, beta)
+            lambda: F.batch_norm(x, ref_mean, ref_var, gamma, beta, training, momentum, eps), dout, x, gamma, beta
+        )
         name = f"{case}, step {step}"
         assert_close(f"{name}: out", out, expected, **TOL)
         assert_close(f"{name}: running_mean", mean_after, ref_mean, **TOL)
@@ -339,25 +443,58 @@ def test_spatial_batchnorm(student: Student) -> None:
     """Spatial BN: training and eval, one image, 1x1 maps, odd shapes, several steps."""
     _check_spatial(student, "spatial batchnorm, training, x [2, 3, 4, 5]", (2, 3, 4, 5))
     _check_spatial(student, "spatial batchnorm, eval, x [4, 2, 3, 3]", (4, 2, 3, 3), training=False, seed=1)
-    _check_spatial(student, "spatial batchnorm, one image x [1, 4, 3, 3], momentum=0.3, three steps", (1, 4, 3, 3),
-                   momentum=0.3, steps=3, seed=51)
+    _check_spatial(
+        student,
+        "spatial batchnorm, one image x [1, 4, 3, 3], momentum=0.3, three steps",
+        (1, 4, 3, 3),
+        momentum=0.3,
+        steps=3,
+        seed=51,
+    )
     _check_spatial(student, "spatial batchnorm, 1x1 maps x [5, 2, 1, 1]", (5, 2, 1, 1), seed=52)
-    _check_spatial(student, "spatial batchnorm, odd shape x [3, 5, 7, 2], eps=1e-3, two steps", (3, 5, 7, 2),
-                   eps=1e-3, steps=2, seed=53)
+    _check_spatial(
+        student,
+        "spatial batchnorm, odd shape x [3, 5, 7, 2], eps=1e-3, two steps",
+        (3, 5, 7, 2),
+        eps=1e-3,
+        steps=2,
+        seed=53,
+    )
     _check_spatial(student, "spatial batchnorm, eval, x [2, 6, 5, 1]", (2, 6, 5, 1), training=False, seed=54)
 
 
 # ----------------------------------------------------------------------------- Part 7: layer and group norm
-def _check_forward_backward(student: Student, case: str, forward: str, backward: str, x: Tensor, gamma: Tensor,
-                            beta: Tensor, dout: Tensor, extra: Sequence[Any], eps: float, reference: Any) -> None:
+def _check_forward_backward(
+    student: Student,
+    case: str,
+    forward: str,
+    backward: str,
+    x: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    dout: Tensor,
+    extra: Sequence[Any],
+    eps: float,
+    reference: Any,
+) -> None:
     """``forward(x, gamma, beta, *extra, eps=eps)`` then ``backward(dout, cache)`` in the kernel, against
     ``reference(x, gamma, beta)`` and autograd through it here."""
     with student.forbid(autograd=True):
-        got = _run(student, case, f"{forward} / {backward}",
-                   _NORM_FORWARD_BACKWARD.format(forward=forward, backward=backward),
-                   _x=x.detach(), _gamma=gamma.detach(), _beta=beta.detach(), _dout=dout, _extra=list(extra), _eps=eps)
-    expected, (x_grad, gamma_grad, beta_grad) = _reference_grads(lambda: reference(x, gamma, beta), dout,
-                                                                 x, gamma, beta)
+        got = _run(
+            student,
+            case,
+            f"{forward} / {backward}",
+            _NORM_FORWARD_BACKWARD.format(forward=forward, backward=backward),
+            _x=x.detach(),
+            _gamma=gamma.detach(),
+            _beta=beta.detach(),
+            _dout=dout,
+            _extra=list(extra),
+            _eps=eps,
+        )
+    expected, (x_grad, gamma_grad, beta_grad) = _reference_grads(
+        lambda: reference(x, gamma, beta), dout, x, gamma, beta
+    )
     out, grads = got
     assert_close(f"{case}: out", out, expected, **TOL)
     dx, dgamma, dbeta = _triple(case, backward, grads)
@@ -367,7 +504,13 @@ def _check_forward_backward(student: Student, case: str, forward: str, backward:
 
 
 def _check_layernorm(
-    student: Student, case: str, N: int, D: int, eps: float = 1e-5, shift: float = 1.0, seed: int = 0,
+    student: Student,
+    case: str,
+    N: int,
+    D: int,
+    eps: float = 1e-5,
+    shift: float = 1.0,
+    seed: int = 0,
 ) -> None:
     """layernorm_forward/backward on ``Tensor[N, D]`` against F.layer_norm and autograd."""
     g = torch.Generator().manual_seed(seed)
@@ -375,8 +518,19 @@ def _check_layernorm(
     gamma = torch.randn(D, generator=g, dtype=F64).requires_grad_()
     beta = torch.randn(D, generator=g, dtype=F64).requires_grad_()
     dout = torch.randn(N, D, generator=g, dtype=F64)
-    _check_forward_backward(student, case, "layernorm_forward", "layernorm_backward", x, gamma, beta, dout, (), eps,
-                            lambda x_, w_, b_: F.layer_norm(x_, (D,), w_, b_, eps))
+    _check_forward_backward(
+        student,
+        case,
+        "layernorm_forward",
+        "layernorm_backward",
+        x,
+        gamma,
+        beta,
+        dout,
+        (),
+        eps,
+        lambda x_, w_, b_: F.layer_norm(x_, (D,), w_, b_, eps),
+    )
 
 
 @grades("test_layernorm")
@@ -389,7 +543,11 @@ def test_layernorm(student: Student) -> None:
 
 
 def _check_groupnorm(
-    student: Student, case: str, shape: Tuple[int, int, int, int], num_groups: int, eps: float = 1e-5,
+    student: Student,
+    case: str,
+    shape: tuple[int, int, int, int],
+    num_groups: int,
+    eps: float = 1e-5,
     seed: int = 0,
 ) -> None:
     """groupnorm_forward/backward on ``Tensor[N, C, H, W]`` against F.group_norm and autograd."""
@@ -399,8 +557,19 @@ def _check_groupnorm(
     gamma = torch.randn(C, generator=g, dtype=F64).requires_grad_()
     beta = torch.randn(C, generator=g, dtype=F64).requires_grad_()
     dout = torch.randn(shape, generator=g, dtype=F64)
-    _check_forward_backward(student, case, "groupnorm_forward", "groupnorm_backward", x, gamma, beta, dout,
-                            (num_groups,), eps, lambda x_, w_, b_: F.group_norm(x_, num_groups, w_, b_, eps))
+    _check_forward_backward(
+        student,
+        case,
+        "groupnorm_forward",
+        "groupnorm_backward",
+        x,
+        gamma,
+        beta,
+        dout,
+        (num_groups,),
+        eps,
+        lambda x_, w_, b_: F.group_norm(x_, num_groups, w_, b_, eps),
+    )
 
 
 @grades("test_groupnorm")
@@ -408,16 +577,18 @@ def test_groupnorm(student: Student) -> None:
     """Group norm: several groups, one group (LN), one channel per group (IN), one image, 1x1 maps."""
     _check_groupnorm(student, "groupnorm, x [2, 6, 4, 4], 3 groups", (2, 6, 4, 4), 3)
     _check_groupnorm(student, "groupnorm, x [2, 4, 3, 3], 1 group (layer norm)", (2, 4, 3, 3), 1, seed=1)
-    _check_groupnorm(student, "groupnorm, one group per channel (instance norm), x [3, 5, 4, 2]", (3, 5, 4, 2), 5,
-                     seed=71)
+    _check_groupnorm(
+        student, "groupnorm, one group per channel (instance norm), x [3, 5, 4, 2]", (3, 5, 4, 2), 5, seed=71
+    )
     _check_groupnorm(student, "groupnorm, x [1, 8, 5, 3], 2 groups, eps=1e-3", (1, 8, 5, 3), 2, eps=1e-3, seed=72)
     _check_groupnorm(student, "groupnorm, x [4, 12, 1, 1], 4 groups", (4, 12, 1, 1), 4, seed=73)
     _check_groupnorm(student, "groupnorm, x [2, 9, 3, 7], 3 groups", (2, 9, 3, 7), 3, seed=74)
 
 
 # ----------------------------------------------------------------------------- Part 8: the module
-def _run_reference(module: nn.Module, xs: Sequence[Tensor], douts: Sequence[Tensor], steps: int,
-                   lr: float) -> List[Dict[str, Tensor]]:
+def _run_reference(
+    module: nn.Module, xs: Sequence[Tensor], douts: Sequence[Tensor], steps: int, lr: float
+) -> list[dict[str, Tensor]]:
     """The notebook's ``run()`` for nn.BatchNorm2d: ``steps`` SGD training steps, then one eval step;
     records the output, the gradients and the state after each forward/backward."""
     optimizer = torch.optim.SGD(module.parameters(), lr=lr)
@@ -427,17 +598,30 @@ def _run_reference(module: nn.Module, xs: Sequence[Tensor], douts: Sequence[Tens
         x = x.clone().requires_grad_()
         out = module(x)
         out.backward(dout)
-        records.append({"output": out.detach(), "gradient of the input": x.grad,
-                        "weight.grad": module.weight.grad.clone(), "bias.grad": module.bias.grad.clone(),
-                        **{key: value.clone() for key, value in module.state_dict().items()}})
+        records.append(
+            {
+                "output": out.detach(),
+                "gradient of the input": x.grad,
+                "weight.grad": module.weight.grad.clone(),
+                "bias.grad": module.bias.grad.clone(),
+                **{key: value.clone() for key, value in module.state_dict().items()},
+            }
+        )
         optimizer.step()
         optimizer.zero_grad()
     return records
 
 
 def _check_module(
-    student: Student, case: str, C: int, shape: Tuple[int, int, int], eps: float = 1e-5, momentum: float = 0.1,
-    steps: int = 2, lr: float = 0.1, seed: int = 0,
+    student: Student,
+    case: str,
+    C: int,
+    shape: tuple[int, int, int],
+    eps: float = 1e-5,
+    momentum: float = 0.1,
+    steps: int = 2,
+    lr: float = 0.1,
+    seed: int = 0,
 ) -> None:
     """The student's BatchNorm2d against nn.BatchNorm2d: same state_dict keys, the reference's initial state
     loaded, ``steps`` SGD steps in training mode through a torch.autograd.Function, then one in eval mode."""
@@ -455,25 +639,41 @@ def _check_module(
     xs = [torch.randn(shape[0], C, *shape[1:], generator=g, dtype=F64) * 1.5 + 0.7 for _ in range(steps + 1)]
     douts = [torch.randn(x.shape, generator=g, dtype=F64) for x in xs]
 
-    state = _run(student, case, f"BatchNorm2d({C}, eps={eps}, momentum={momentum}).double()", _MODULE_BUILD,
-                 _args=[C], _kwargs={"eps": eps, "momentum": momentum})
+    state = _run(
+        student,
+        case,
+        f"BatchNorm2d({C}, eps={eps}, momentum={momentum}).double()",
+        _MODULE_BUILD,
+        _args=[C],
+        _kwargs={"eps": eps, "momentum": momentum},
+    )
     keys, expected_keys = _run(student, case, "BatchNorm2d.state_dict", _MODULE_KEYS, _state=state), list(initial_state)
     if keys != expected_keys:
         raise AssertionError(f"{case}: state_dict keys {keys}, expected {expected_keys}")
     _run(student, case, "BatchNorm2d.load_state_dict", _MODULE_LOAD, _state=state, _initial_state=initial_state, _lr=lr)
-    got: List[Dict[str, Any]] = []
+    got: list[dict[str, Any]] = []
     for step, (x, dout) in enumerate(zip(xs, douts)):
         training = step < steps
         mode = f"training step {step + 1}" if training else "eval after training"
-        grad_fn_classes = _run(student, f"{case}, {mode}", "BatchNorm2d.forward", _MODULE_FORWARD, _state=state,
-                               _training=training, _x=x)
+        grad_fn_classes = _run(
+            student, f"{case}, {mode}", "BatchNorm2d.forward", _MODULE_FORWARD, _state=state, _training=training, _x=x
+        )
         if not isinstance(grad_fn_classes, list) or "torch.autograd.function.BackwardCFunction" not in grad_fn_classes:
-            kind = str(grad_fn_classes[0]).rsplit(".", 1)[-1] if isinstance(grad_fn_classes, list) and grad_fn_classes \
+            kind = (
+                str(grad_fn_classes[0]).rsplit(".", 1)[-1]
+                if isinstance(grad_fn_classes, list) and grad_fn_classes
                 else "unknown"
+            )
             raise AssertionError(f"{case}: the output must come from a torch.autograd.Function (grad_fn is {kind})")
         with student.forbid(python=["torch.autograd.grad"]):
-            record = _run(student, f"{case}, {mode}", "the backward pass of BatchNorm2dFunction", _MODULE_BACKWARD,
-                          _state=state, _dout=dout)
+            record = _run(
+                student,
+                f"{case}, {mode}",
+                "the backward pass of BatchNorm2dFunction",
+                _MODULE_BACKWARD,
+                _state=state,
+                _dout=dout,
+            )
         got.append(record if isinstance(record, dict) else {})
     expected = _run_reference(reference, xs, douts, steps, lr)
     for step, (mine, theirs) in enumerate(zip(got, expected)):
@@ -489,10 +689,19 @@ def test_batchnorm2d_module(student: Student) -> None:
     """The module: construction, state_dict keys, training steps, eval; other eps/momentum, 1x1 maps, one image."""
     _run(student, "BatchNorm2d(4)", "BatchNorm2d(4)", "result = None\nBatchNorm2d(4)")
     _check_module(student, "BatchNorm2d(3), x [4, 3, 5, 5]", 3, (4, 5, 5))
-    _check_module(student, "BatchNorm2d(5, eps=1e-3, momentum=0.3), four steps, x [2, 5, 3, 4]", 5, (2, 3, 4),
-                  eps=1e-3, momentum=0.3, steps=4, seed=81)
-    _check_module(student, "BatchNorm2d(2), 1x1 maps, x [6, 2, 1, 1], three steps", 2, (6, 1, 1), steps=3, lr=0.5,
-                  seed=82)
+    _check_module(
+        student,
+        "BatchNorm2d(5, eps=1e-3, momentum=0.3), four steps, x [2, 5, 3, 4]",
+        5,
+        (2, 3, 4),
+        eps=1e-3,
+        momentum=0.3,
+        steps=4,
+        seed=81,
+    )
+    _check_module(
+        student, "BatchNorm2d(2), 1x1 maps, x [6, 2, 1, 1], three steps", 2, (6, 1, 1), steps=3, lr=0.5, seed=82
+    )
     _check_module(student, "BatchNorm2d(7), one image x [1, 7, 4, 3]", 7, (1, 4, 3), steps=2, seed=83)
 
 
@@ -508,8 +717,17 @@ def _expect_tensor(name: str, value: Any, shape: Sequence[int]) -> Tensor:
 
 
 def _check_fold(
-    student: Student, case: str, in_ch: int, out_ch: int, k: int, with_bias: bool = True, eps: float = 1e-5,
-    stride: int = 1, padding: int = 0, groups: int = 1, seed: int = 0,
+    student: Student,
+    case: str,
+    in_ch: int,
+    out_ch: int,
+    k: int,
+    with_bias: bool = True,
+    eps: float = 1e-5,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+    seed: int = 0,
 ) -> None:
     """A convolution with the folded parameters equals the convolution followed by BN (eval), computed here;
     the inputs stay untouched."""
@@ -521,9 +739,19 @@ def _check_fold(
     running_mean = torch.randn(out_ch, generator=g, dtype=F64)
     running_var = torch.rand(out_ch, generator=g, dtype=F64) + 0.1
     x = torch.randn(2, in_ch, 7, 6, generator=g, dtype=F64)
-    returned, after = _run(student, case, "fold_batchnorm", _FOLD, _conv_weight=conv_weight, _conv_bias=conv_bias,
-                           _bn_weight=bn_weight, _bn_bias=bn_bias, _running_mean=running_mean,
-                           _running_var=running_var, _eps=eps)
+    returned, after = _run(
+        student,
+        case,
+        "fold_batchnorm",
+        _FOLD,
+        _conv_weight=conv_weight,
+        _conv_bias=conv_bias,
+        _bn_weight=bn_weight,
+        _bn_bias=bn_bias,
+        _running_mean=running_mean,
+        _running_var=running_var,
+        _eps=eps,
+    )
     if not isinstance(returned, (tuple, list)) or len(returned) != 2:
         raise AssertionError(f"{case}: fold_batchnorm must return (weight, bias), got {type(returned).__name__}")
     weight = _expect_tensor(f"{case}: folded weight", returned[0], conv_weight.shape)
@@ -543,8 +771,18 @@ def test_fold_batchnorm(student: Student) -> None:
     """Folding: with and without bias, 1x1, stride and padding, grouped and depthwise convolutions."""
     _check_fold(student, "fold_batchnorm, conv 3->4, 3x3, with bias", 3, 4, 3)
     _check_fold(student, "fold_batchnorm, conv 2->5, 1x1, no bias", 2, 5, 1, with_bias=False, seed=1)
-    _check_fold(student, "fold_batchnorm, conv 4->6 5x5, stride 2, padding 2, eps=1e-3", 4, 6, 5, eps=1e-3, stride=2,
-                padding=2, seed=91)
+    _check_fold(
+        student,
+        "fold_batchnorm, conv 4->6 5x5, stride 2, padding 2, eps=1e-3",
+        4,
+        6,
+        5,
+        eps=1e-3,
+        stride=2,
+        padding=2,
+        seed=91,
+    )
     _check_fold(student, "fold_batchnorm, grouped conv 6->9, groups=3, with bias", 6, 9, 3, groups=3, seed=92)
-    _check_fold(student, "fold_batchnorm, depthwise 4->4, no bias", 4, 4, 3, with_bias=False, groups=4, padding=1,
-                seed=93)
+    _check_fold(
+        student, "fold_batchnorm, depthwise 4->4, no bias", 4, 4, 3, with_bias=False, groups=4, padding=1, seed=93
+    )

@@ -29,10 +29,12 @@ Two checks of the notebook's test cells had to change form, because the grading 
   the batch or the output positions costs seconds there, the vectorized layer milliseconds;
 * *no autograd inside Conv2dFunction.backward*: the direct call above instead of a dispatch-mode probe.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,43 +45,82 @@ from grading.trusted import ForbiddenUse, KernelFailure, Remote, Student, Studen
 from utils.testing import assert_close  # names the case, expected vs got at the worst element
 
 # Library functions a graded function may not call (the notebook's LIBRARY), by Python path ...
-LIBRARY: Tuple[str, ...] = (
-    "torch.nn.functional.conv1d", "torch.nn.functional.conv2d", "torch.nn.functional.conv3d",
-    "torch.nn.functional.conv_transpose2d", "torch.convolution", "torch.nn.functional.unfold",
-    "torch.nn.functional.fold", "torch.nn.functional.max_pool2d", "torch.nn.functional.max_pool2d_with_indices",
-    "torch.max_pool2d", "torch.nn.grad.conv2d_input", "torch.nn.grad.conv2d_weight", "torch.nn.Conv2d",
-    "torch.nn.ConvTranspose2d", "torch.nn.MaxPool2d", "torch.nn.Unfold", "torch.nn.Fold")
+LIBRARY: tuple[str, ...] = (
+    "torch.nn.functional.conv1d",
+    "torch.nn.functional.conv2d",
+    "torch.nn.functional.conv3d",
+    "torch.nn.functional.conv_transpose2d",
+    "torch.convolution",
+    "torch.nn.functional.unfold",
+    "torch.nn.functional.fold",
+    "torch.nn.functional.max_pool2d",
+    "torch.nn.functional.max_pool2d_with_indices",
+    "torch.max_pool2d",
+    "torch.nn.grad.conv2d_input",
+    "torch.nn.grad.conv2d_weight",
+    "torch.nn.Conv2d",
+    "torch.nn.ConvTranspose2d",
+    "torch.nn.MaxPool2d",
+    "torch.nn.Unfold",
+    "torch.nn.Fold",
+)
 # ... and the operators behind them, however they are reached (torch.ops.aten.*, captured references, ...):
 # every convolution kernel and its backward, im2col/col2im (F.unfold/F.fold) and every max-pooling kernel.
 # Tensor.unfold (aten::unfold) stays allowed, as the notebook says.
-LIBRARY_OPS: Tuple[str, ...] = ("aten::*conv*", "aten::im2col", "aten::col2im", "aten::*max_pool*",
-                                "mkldnn::*", "mkldnn_prepacked::*", "quantized::*conv*", "_quantized::*conv*",
-                                "onednn::*conv*", "quantized::*max_pool*")
+LIBRARY_OPS: tuple[str, ...] = (
+    "aten::*conv*",
+    "aten::im2col",
+    "aten::col2im",
+    "aten::*max_pool*",
+    "mkldnn::*",
+    "mkldnn_prepacked::*",
+    "quantized::*conv*",
+    "_quantized::*conv*",
+    "onednn::*conv*",
+    "quantized::*max_pool*",
+)
 # The public autograd entry points (the notebook's AUTOGRAD).
-AUTOGRAD: Tuple[str, ...] = ("torch.autograd.grad", "torch.autograd.backward", "torch.Tensor.backward",
-                             "torch.func.vjp", "torch.func.grad")
+AUTOGRAD: tuple[str, ...] = (
+    "torch.autograd.grad",
+    "torch.autograd.backward",
+    "torch.Tensor.backward",
+    "torch.func.vjp",
+    "torch.func.grad",
+)
 # conv_arithmetic must do its own arithmetic (the notebook's BLOCK).
-ARITHMETIC_HELPERS: Tuple[str, ...] = ("utils.convmath.conv_cost", "utils.convmath.conv_output_size",
-                                       "utils.train.count_flops")
+ARITHMETIC_HELPERS: tuple[str, ...] = (
+    "utils.convmath.conv_cost",
+    "utils.convmath.conv_output_size",
+    "utils.train.count_flops",
+)
 
-ConvCase = Tuple[Any, ...]   # (x_shape, w_shape, stride, padding) or (x_shape, w_shape, stride, padding, dtype)
-PoolCase = Tuple[Tuple[int, int, int, int], int, int]   # (x_shape, kernel, stride)
+ConvCase = tuple[Any, ...]  # (x_shape, w_shape, stride, padding) or (x_shape, w_shape, stride, padding, dtype)
+PoolCase = tuple[tuple[int, int, int, int], int, int]  # (x_shape, kernel, stride)
 
 # Vectorization check (the notebook's check_vectorized, measured from outside the kernel): CPU seconds of one
 # call (after an untimed warm-up call) on each input; allowed max(CPU_FLOOR_SECONDS, CPU_FACTOR x the trusted
 # im2col reference). Measured through the agent: the solution 0.00-0.08 s, the reference 0.3 ms (long inputs)
 # and 0.1 s (the cube); a loop over N or H' of 4096 iterations 4-10 s, so 16384 iterations take 15 s or more.
 LONG_AXIS = 16384
-VECTORIZED_INPUTS: Tuple[Tuple[str, Tuple[int, int, int, int]], ...] = (
-    ("the batch", (LONG_AXIS, 1, 1, 1)), ("the output rows", (1, 1, LONG_AXIS, 1)),
-    ("the output columns", (1, 1, 1, LONG_AXIS)), ("N, H' and W' (the notebook's input)", (120, 1, 120, 120)))
+VECTORIZED_INPUTS: tuple[tuple[str, tuple[int, int, int, int]], ...] = (
+    ("the batch", (LONG_AXIS, 1, 1, 1)),
+    ("the output rows", (1, 1, LONG_AXIS, 1)),
+    ("the output columns", (1, 1, 1, LONG_AXIS)),
+    ("N, H' and W' (the notebook's input)", (120, 1, 120, 120)),
+)
 CPU_FLOOR_SECONDS = 1.0
 CPU_FACTOR = 20.0
 
 
 # ----------------------------------------------------------------------------- trusted inputs and references
-def random_conv_case(x_shape: Sequence[int], w_shape: Sequence[int], stride: int, padding: int,
-                     dtype: torch.dtype = torch.float64, seed: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def random_conv_case(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    stride: int,
+    padding: int,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The notebook's ``random_conv_case``: x Tensor[N, C, H, W], w Tensor[F, C, KH, KW], b Tensor[F] and an
     upstream gradient Tensor[N, F, H', W'], drawn in this order from one generator seeded with ``seed``."""
     g = torch.Generator().manual_seed(seed)
@@ -92,8 +133,9 @@ def random_conv_case(x_shape: Sequence[int], w_shape: Sequence[int], stride: int
     return x, w, b, dout
 
 
-def conv_reference(x: Tensor, w: Tensor, b: Tensor, stride: int, padding: int,
-                   dout: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def conv_reference(
+    x: Tensor, w: Tensor, b: Tensor, stride: int, padding: int, dout: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """PyTorch's answer: out Tensor[N, F, H', W'] (F.conv2d), then dx, dw, db (autograd with ``dout``)."""
     x, w, b = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
     out = F.conv2d(x, w, b, stride=stride, padding=padding)
@@ -101,21 +143,23 @@ def conv_reference(x: Tensor, w: Tensor, b: Tensor, stride: int, padding: int,
     return out.detach(), dx, dw, db
 
 
-def conv2d_fast_reference(x: Tensor, w: Tensor, b: Tensor, stride: int, padding: int,
-                          dout: Optional[Tensor] = None) -> Any:
+def conv2d_fast_reference(
+    x: Tensor, w: Tensor, b: Tensor, stride: int, padding: int, dout: Tensor | None = None
+) -> Any:
     """An im2col convolution (and its backward when ``dout`` is given), timed as the speed reference."""
     n, c, h, wd = x.shape
     f, _, kh, kw = w.shape
     h_out, w_out = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
-    xpad = x.new_zeros(n, c, h + 2 * padding, wd + 2 * padding)                     # [N, C, H + 2P, W + 2P]
-    xpad[:, :, padding:padding + h, padding:padding + wd] = x
+    xpad = x.new_zeros(n, c, h + 2 * padding, wd + 2 * padding)  # [N, C, H + 2P, W + 2P]
+    xpad[:, :, padding : padding + h, padding : padding + wd] = x
     s_n, s_c, s_h, s_w = xpad.stride()
-    cols = xpad.as_strided((n, c, kh, kw, h_out, w_out),
-                           (s_n, s_c, s_h, s_w, stride * s_h, stride * s_w)).reshape(n, c * kh * kw, -1)
-    out = (w.reshape(f, -1) @ cols + b.view(1, f, 1)).view(n, f, h_out, w_out)       # [N, F, H', W']
+    cols = xpad.as_strided((n, c, kh, kw, h_out, w_out), (s_n, s_c, s_h, s_w, stride * s_h, stride * s_w)).reshape(
+        n, c * kh * kw, -1
+    )
+    out = (w.reshape(f, -1) @ cols + b.view(1, f, 1)).view(n, f, h_out, w_out)  # [N, F, H', W']
     if dout is None:
         return out
-    g = dout.reshape(n, f, -1)                                                       # [N, F, H'*W']
+    g = dout.reshape(n, f, -1)  # [N, F, H'*W']
     db, dw = g.sum(dim=(0, 2)), (g @ cols.transpose(1, 2)).sum(0).reshape(w.shape)
     dcols = (w.reshape(f, -1).t() @ g).view(n, c, kh, kw, h_out, w_out)
     dxpad = torch.zeros_like(xpad)
@@ -124,7 +168,7 @@ def conv2d_fast_reference(x: Tensor, w: Tensor, b: Tensor, stride: int, padding:
             rows = slice(p, p + stride * (h_out - 1) + 1, stride)
             columns = slice(q, q + stride * (w_out - 1) + 1, stride)
             dxpad[:, :, rows, columns] += dcols[:, :, p, q]
-    return dxpad[:, :, padding:padding + h, padding:padding + wd], dw, db
+    return dxpad[:, :, padding : padding + h, padding : padding + wd], dw, db
 
 
 def _label(name: str, x: Tensor, w: Tensor, stride: int, padding: int) -> str:
@@ -181,36 +225,41 @@ result = tuple(_torch.autograd.Variable._execution_engine.run_backward(
 """
 
 
-def _function_forward(student: Student, label: str, x: Tensor, w: Tensor, b: Tensor, stride: int,
-                      padding: int) -> Tuple[Any, Any]:
+def _function_forward(
+    student: Student, label: str, x: Tensor, w: Tensor, b: Tensor, stride: int, padding: int
+) -> tuple[Any, Any]:
     """``Conv2dFunction.apply(x, w, b, stride, padding)`` in the kernel: (out, a handle on its graph)."""
     with student.forbid(ops=LIBRARY_OPS, python=LIBRARY + AUTOGRAD, autograd=True):
-        out, state, node = _run(student, label, _FUNCTION_FORWARD_PROBE, x=x, w=w, b=b, stride=stride,
-                                padding=padding)
+        out, state, node = _run(student, label, _FUNCTION_FORWARD_PROBE, x=x, w=w, b=b, stride=stride, padding=padding)
     if node is None or not str(node).startswith("Conv2dFunction"):
-        raise AssertionError(f"{label}: the output of Conv2dFunction.apply does not come from a "
-                             f"torch.autograd.Function named Conv2dFunction (its grad_fn is {node})")
+        raise AssertionError(
+            f"{label}: the output of Conv2dFunction.apply does not come from a "
+            f"torch.autograd.Function named Conv2dFunction (its grad_fn is {node})"
+        )
     return out, state
 
 
-def _function_backward(student: Student, label: str, state: Any, dout: Tensor) -> Tuple[Any, ...]:
+def _function_backward(student: Student, label: str, state: Any, dout: Tensor) -> tuple[Any, ...]:
     """torch's engine on the kernel's graph with upstream gradient ``dout``: (dx, dw, db) of x, w, b."""
     with student.forbid(ops=LIBRARY_OPS, python=LIBRARY + AUTOGRAD):
         return _run(student, label, _FUNCTION_ENGINE_BACKWARD_PROBE, state=state, dout=dout)
 
 
-def _function_backward_direct(student: Student, label: str, state: Any, dout: Tensor) -> Tuple[Any, ...]:
+def _function_backward_direct(student: Student, label: str, state: Any, dout: Tensor) -> tuple[Any, ...]:
     """``Conv2dFunction.backward(ctx, dout)`` called through its node, outside the engine, autograd refused:
     (dx, dw, db) after checking the engine's rules (one entry per input of forward, None for stride, padding)."""
     with student.forbid(ops=LIBRARY_OPS, python=LIBRARY + AUTOGRAD, autograd=True):
         grads = _run(student, label, _FUNCTION_DIRECT_BACKWARD_PROBE, state=state, dout=dout)
     if not isinstance(grads, tuple) or len(grads) < 5 or any(g is not None for g in grads[5:]):
         got = f"{len(grads)} values" if isinstance(grads, tuple) else type(grads).__name__
-        raise AssertionError(f"{label}: Conv2dFunction.backward must return one gradient per input of forward "
-                             f"(dx, dw, db, None, None), got {got}")
+        raise AssertionError(
+            f"{label}: Conv2dFunction.backward must return one gradient per input of forward "
+            f"(dx, dw, db, None, None), got {got}"
+        )
     if grads[3] is not None or grads[4] is not None:
-        raise AssertionError(f"{label}: Conv2dFunction.backward must return None for stride and padding "
-                             "(they are not tensors)")
+        raise AssertionError(
+            f"{label}: Conv2dFunction.backward must return None for stride and padding (they are not tensors)"
+        )
     return grads[:3]
 
 
@@ -226,15 +275,23 @@ def _run(student: Student, label: str, probe: str, **bindings: Any) -> Any:
 # Canaries: calls that the kernel-side guards must refuse. The guards live in the student's process; if
 # the student's code switched them off (for instance by editing the grading agent), a canary goes through
 # and the test fails instead of trusting that library functions were blocked.
-_CANARY_PROBES: Tuple[Tuple[str, Dict[str, Any]], ...] = (
-    ("import torch as _torch\n"
-     "result = _torch.ops.aten.convolution(_torch.zeros(1, 1, 2, 2), _torch.zeros(1, 1, 1, 1), None, [1, 1], [0, 0],"
-     " [1, 1], False, [0, 0], 1).sum().item()\n", dict(ops=("aten::convolution",))),
-    ("import utils.convmath as _convmath\nresult = _convmath.conv_output_size(5, 3)\n",
-     dict(python=("utils.convmath.conv_output_size",))),
-    ("import torch as _torch\n_leaf = _torch.ones(2, requires_grad=True)\n"
-     "result = _torch.autograd.Variable._execution_engine.run_backward(((_leaf * 2).sum(),), (_torch.ones(()),),"
-     " False, False, (_leaf,), True, False)[0]\n", dict(autograd=True)),
+_CANARY_PROBES: tuple[tuple[str, dict[str, Any]], ...] = (
+    (
+        "import torch as _torch\n"
+        "result = _torch.ops.aten.convolution(_torch.zeros(1, 1, 2, 2), _torch.zeros(1, 1, 1, 1), None, [1, 1], [0, 0],"
+        " [1, 1], False, [0, 0], 1).sum().item()\n",
+        dict(ops=("aten::convolution",)),
+    ),
+    (
+        "import utils.convmath as _convmath\nresult = _convmath.conv_output_size(5, 3)\n",
+        dict(python=("utils.convmath.conv_output_size",)),
+    ),
+    (
+        "import torch as _torch\n_leaf = _torch.ones(2, requires_grad=True)\n"
+        "result = _torch.autograd.Variable._execution_engine.run_backward(((_leaf * 2).sum(),), (_torch.ones(()),),"
+        " False, False, (_leaf,), True, False)[0]\n",
+        dict(autograd=True),
+    ),
 )
 
 
@@ -248,13 +305,16 @@ def check_guards(student: Student, name: str) -> None:
             continue
         except StudentError:
             pass
-        raise AssertionError(f"{name}: the grader could not confirm that library functions are blocked in your "
-                             "notebook (a call that must be refused was not): did your code change the grading "
-                             "agent or torch's dispatch machinery?")
+        raise AssertionError(
+            f"{name}: the grader could not confirm that library functions are blocked in your "
+            "notebook (a call that must be refused was not): did your code change the grading "
+            "agent or torch's dispatch machinery?"
+        )
 
 
-def check_conv(student: Student, name: str, forward: str, backward: Optional[str], cases: Sequence[ConvCase],
-               check_out: bool = True) -> None:
+def check_conv(
+    student: Student, name: str, forward: str, backward: str | None, cases: Sequence[ConvCase], check_out: bool = True
+) -> None:
     """The notebook's ``check_conv``: run the student's ``forward`` (and ``backward``) on every case with the
     library and autograd blocked; compare with :func:`conv_reference`; the inputs must not be modified."""
     probe = _CONV_PROBE.format(forward=forward, backward=backward or "None")
@@ -266,16 +326,28 @@ def check_conv(student: Student, name: str, forward: str, backward: Optional[str
         label = _label(name, x, w, stride, padding)
         tol = _tolerance(x.dtype)
         with student.forbid(ops=LIBRARY_OPS, python=LIBRARY + AUTOGRAD, autograd=True):
-            out, grads, x_after, w_after = _run(student, label, probe, x=x, w=w, b=b, dout=dout, stride=stride,
-                                                        padding=padding, with_backward=backward is not None)
+            out, grads, x_after, w_after = _run(
+                student,
+                label,
+                probe,
+                x=x,
+                w=w,
+                b=b,
+                dout=dout,
+                stride=stride,
+                padding=padding,
+                with_backward=backward is not None,
+            )
         assert_close(f"{label}: x must not be modified", x_after, x)
         assert_close(f"{label}: w must not be modified", w_after, w)
         if check_out:
             assert_close(f"{label}: out", out, expected[0], **tol)
         if backward is not None:
             if not isinstance(grads, (tuple, list)) or len(grads) != 3:
-                raise AssertionError(f"{label}: the backward pass must return (dx, dw, db), got "
-                                     f"{type(grads).__name__ if not isinstance(grads, Remote) else grads.type_name}")
+                raise AssertionError(
+                    f"{label}: the backward pass must return (dx, dw, db), got "
+                    f"{type(grads).__name__ if not isinstance(grads, Remote) else grads.type_name}"
+                )
             for part, got, exp in zip(("dx", "dw", "db"), grads, expected[1:]):
                 assert_close(f"{label}: {part}", got, exp, **tol)
 
@@ -289,14 +361,14 @@ def check_vectorized(student: Student, name: str, backward: bool) -> None:
     b = torch.randn(1, generator=g)
     for axis, shape in VECTORIZED_INPUTS:
         x = torch.randn(shape, generator=g)
-        dout = torch.randn(shape, generator=g)      # 1x1 kernel, stride 1, no padding: out has x's shape
+        dout = torch.randn(shape, generator=g)  # 1x1 kernel, stride 1, no padding: out has x's shape
         start = time.process_time()
         conv2d_fast_reference(x, w, b, 1, 0, dout if backward else None)
         reference = time.process_time() - start
         limit = max(CPU_FLOOR_SECONDS, CPU_FACTOR * reference)
         label = f"{name}, x{list(shape)}, w[1, 1, 1, 1] (vectorization)"
         seconds = []
-        for _ in range(2):                          # the first call is a warm-up (lazy imports, allocator)
+        for _ in range(2):  # the first call is a warm-up (lazy imports, allocator)
             with student.forbid(ops=LIBRARY_OPS, python=LIBRARY + AUTOGRAD, autograd=True):
                 if backward:
                     state = _run(student, label, _FAST_FORWARD_PROBE, x=x, w=w, b=b)
@@ -306,14 +378,15 @@ def check_vectorized(student: Student, name: str, backward: bool) -> None:
                     with student.cpu_time() as t:
                         _run(student, label, _FAST_FORWARD_PROBE, x=x, w=w, b=b)
             seconds.append(t["seconds"])
-            if t["seconds"] > 10 * limit:           # hopeless: no second call
+            if t["seconds"] > 10 * limit:  # hopeless: no second call
                 break
         if min(seconds) > limit:
             raise AssertionError(
                 f"{name}: one call on x{list(shape)} with a 1x1 kernel took {min(seconds):.1f} CPU seconds (allowed: "
                 f"{limit:.1f} s; a vectorized version needs about {max(reference, 0.01):.2f} s), so the function "
                 f"loops in Python over {axis}. Vectorize it: build the im2col matrix with as_strided (or indexing) "
-                "and use one matmul; a loop over the KH*KW kernel offsets is fine.")
+                "and use one matmul; a loop over the KH*KW kernel offsets is fine."
+            )
 
 
 def check_maxpool(student: Student, name: str, cases: Sequence[PoolCase], backward: bool = True) -> None:
@@ -327,8 +400,9 @@ def check_maxpool(student: Student, name: str, cases: Sequence[PoolCase], backwa
         (dx_expected,) = torch.autograd.grad(expected, x_ref, dout)
         label = f"{name}, x{list(x_shape)}, kernel {k}, stride {s}"
         with student.forbid(ops=LIBRARY_OPS, python=LIBRARY + AUTOGRAD, autograd=True):
-            out, dx = _run(student, label, _MAXPOOL_PROBE, x=x, dout=dout, kernel_size=k, stride=s,
-                           with_backward=backward)
+            out, dx = _run(
+                student, label, _MAXPOOL_PROBE, x=x, dout=dout, kernel_size=k, stride=s, with_backward=backward
+            )
         if backward:
             assert_close(f"{label}: dx", dx, dx_expected)
         else:
@@ -344,8 +418,11 @@ def check_transpose(student: Student, cases: Sequence[ConvCase]) -> None:
         expected = F.conv_transpose2d(x, w, stride=stride, padding=padding)
         with student.forbid(ops=LIBRARY_OPS, python=LIBRARY + AUTOGRAD, autograd=True):
             out = student.call("conv_transpose2d_forward", x, w, stride, padding)
-        assert_close(f"conv_transpose2d_forward, x{list(x_shape)}, w{list(w_shape)}, stride {stride}, "
-                     f"padding {padding}", out, expected)
+        assert_close(
+            f"conv_transpose2d_forward, x{list(x_shape)}, w{list(w_shape)}, stride {stride}, padding {padding}",
+            out,
+            expected,
+        )
 
 
 class StudentConv2dFunction(torch.autograd.Function):
@@ -354,8 +431,9 @@ class StudentConv2dFunction(torch.autograd.Function):
     what lets ``gradcheck`` and the tiny CNN run in the grader's process."""
 
     @staticmethod
-    def forward(ctx: Any, student: Student, label: str, x: Tensor, w: Tensor, b: Tensor, stride: int,
-                padding: int) -> Tensor:
+    def forward(
+        ctx: Any, student: Student, label: str, x: Tensor, w: Tensor, b: Tensor, stride: int, padding: int
+    ) -> Tensor:
         out, state = _function_forward(student, label, x, w, b, stride, padding)
         if not isinstance(out, Tensor):
             raise AssertionError(f"{label}: Conv2dFunction.apply must return a tensor, got {type(out).__name__}")
@@ -364,14 +442,16 @@ class StudentConv2dFunction(torch.autograd.Function):
         return out.detach().clone()
 
     @staticmethod
-    def backward(ctx: Any, dout: Tensor) -> Tuple[Optional[Tensor], ...]:
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         grads = _function_backward(ctx.student, ctx.label, ctx.state, dout.contiguous())
-        checked: List[Tensor] = []
+        checked: list[Tensor] = []
         for part, got, (shape, dtype) in zip(("dx", "dw", "db"), grads, ctx.shapes):
             if not isinstance(got, Tensor) or tuple(got.shape) != shape:
-                raise AssertionError(f"{ctx.label}: {part} from Conv2dFunction.backward has the wrong shape "
-                                     f"or is missing: expected {shape}, got "
-                                     f"{tuple(got.shape) if isinstance(got, Tensor) else got!r}")
+                raise AssertionError(
+                    f"{ctx.label}: {part} from Conv2dFunction.backward has the wrong shape "
+                    f"or is missing: expected {shape}, got "
+                    f"{tuple(got.shape) if isinstance(got, Tensor) else got!r}"
+                )
             checked.append(got.detach().to(dtype))
         return (None, None, *checked, None, None)
 
@@ -385,19 +465,21 @@ def check_function(student: Student, cases: Sequence[ConvCase]) -> None:
         expected = conv_reference(x, w, b, stride, padding, dout)
         out, state = _function_forward(student, label, x, w, b, stride, padding)
         assert_close(f"{label}: out", out, expected[0])
-        for part, got, exp in zip(("dx", "dw", "db"), _function_backward_direct(student, label, state, dout),
-                                  expected[1:]):
+        for part, got, exp in zip(
+            ("dx", "dw", "db"), _function_backward_direct(student, label, state, dout), expected[1:]
+        ):
             assert_close(f"{label}: {part} from Conv2dFunction.backward", got, exp)
-        _, state = _function_forward(student, label, x, w, b, stride, padding)   # a fresh graph for the engine
+        _, state = _function_forward(student, label, x, w, b, stride, padding)  # a fresh graph for the engine
         for part, got, exp in zip(("dx", "dw", "db"), _function_backward(student, label, state, dout), expected[1:]):
             assert_close(f"{label}: {part} through autograd", got, exp)
         inputs = tuple(t.clone().requires_grad_(True) for t in (x, w, b))
         try:
-            torch.autograd.gradcheck(lambda *t: StudentConv2dFunction.apply(student, label, *t, stride, padding),
-                                     inputs, fast_mode=True)
-        except (AssertionError, KernelFailure):   # the student's failure, or a dead or stuck kernel
+            torch.autograd.gradcheck(
+                lambda *t: StudentConv2dFunction.apply(student, label, *t, stride, padding), inputs, fast_mode=True
+            )
+        except (AssertionError, KernelFailure):  # the student's failure, or a dead or stuck kernel
             raise
-        except Exception as error:   # GradcheckError and the engine's complaints about the returned gradients
+        except Exception as error:  # GradcheckError and the engine's complaints about the returned gradients
             raise AssertionError(f"{label}: torch.autograd.gradcheck failed: {error}") from None
 
 
@@ -405,37 +487,61 @@ def check_function(student: Student, cases: Sequence[ConvCase]) -> None:
 @grades("test_conv_arithmetic")
 def test_conv_arithmetic(student: Student) -> None:
     check_guards(student, "test_conv_arithmetic")
-    for args in [(3, 10, (32, 32), (5, 5), 1, 2),      # the lecture's example
-                 (3, 96, (227, 227), (11, 11), 4, 0),  # AlexNet's first layer
-                 (5, 7, (13, 9), (3, 2), 3, 3), (16, 32, (10, 21), (1, 1), 2, 0), (1, 4, (6, 5), (6, 5), 1, 0),
-                 (8, 2, (20, 11), (4, 3), 2, 1)]:
+    for args in [
+        (3, 10, (32, 32), (5, 5), 1, 2),  # the lecture's example
+        (3, 96, (227, 227), (11, 11), 4, 0),  # AlexNet's first layer
+        (5, 7, (13, 9), (3, 2), 3, 3),
+        (16, 32, (10, 21), (1, 1), 2, 0),
+        (1, 4, (6, 5), (6, 5), 1, 0),
+        (8, 2, (20, 11), (4, 3), 2, 1),
+    ]:
         with student.forbid(python=ARITHMETIC_HELPERS):
             got = student.call("conv_arithmetic", *args)
         cost = utils.conv_cost(args[0], args[1], args[2], args[3], stride=args[4], padding=args[5])
         assert_close(f"conv_arithmetic{args}", got, [cost.out_shape, cost.params, cost.macs])
 
 
-VISIBLE_CASES: List[ConvCase] = [((2, 3, 6, 6), (4, 3, 3, 3), 1, 1), ((3, 2, 7, 7), (2, 2, 3, 3), 2, 0)]
+VISIBLE_CASES: list[ConvCase] = [((2, 3, 6, 6), (4, 3, 3, 3), 1, 1), ((3, 2, 7, 7), (2, 2, 3, 3), 2, 0)]
 
 
 @grades("test_conv2d_forward_naive")
 def test_conv2d_forward_naive(student: Student) -> None:
     check_guards(student, "test_conv2d_forward_naive")
-    check_conv(student, "conv2d_forward_naive", "conv2d_forward_naive", None, VISIBLE_CASES + [
-        ((1, 2, 9, 6), (3, 2, 2, 4), 3, 2),        # non-square input and kernel, stride 3
-        ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0),        # 1x1 kernel
-        ((1, 1, 4, 5), (2, 1, 3, 3), 1, 3),        # padding 3: outputs that see only zeros
-        ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1),        # the last rows/columns are not covered by any window
-        ((2, 3, 6, 5), (2, 3, 3, 3), 2, 1, torch.float32)])  # keeps the input's dtype
+    check_conv(
+        student,
+        "conv2d_forward_naive",
+        "conv2d_forward_naive",
+        None,
+        VISIBLE_CASES
+        + [
+            ((1, 2, 9, 6), (3, 2, 2, 4), 3, 2),  # non-square input and kernel, stride 3
+            ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0),  # 1x1 kernel
+            ((1, 1, 4, 5), (2, 1, 3, 3), 1, 3),  # padding 3: outputs that see only zeros
+            ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1),  # the last rows/columns are not covered by any window
+            ((2, 3, 6, 5), (2, 3, 3, 3), 2, 1, torch.float32),
+        ],
+    )  # keeps the input's dtype
 
 
 @grades("test_conv2d_backward_naive")
 def test_conv2d_backward_naive(student: Student) -> None:
     check_guards(student, "test_conv2d_backward_naive")
-    check_conv(student, "conv2d_backward_naive", "conv2d_forward_naive", "conv2d_backward_naive", VISIBLE_CASES + [
-        ((1, 2, 9, 6), (3, 2, 2, 4), 3, 2), ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0), ((1, 1, 4, 5), (2, 1, 3, 3), 1, 3),
-        ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1), ((3, 2, 5, 5), (2, 2, 2, 2), 3, 1),
-        ((2, 3, 6, 5), (2, 3, 3, 3), 2, 1, torch.float32)], check_out=False)
+    check_conv(
+        student,
+        "conv2d_backward_naive",
+        "conv2d_forward_naive",
+        "conv2d_backward_naive",
+        VISIBLE_CASES
+        + [
+            ((1, 2, 9, 6), (3, 2, 2, 4), 3, 2),
+            ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0),
+            ((1, 1, 4, 5), (2, 1, 3, 3), 1, 3),
+            ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1),
+            ((3, 2, 5, 5), (2, 2, 2, 2), 3, 1),
+            ((2, 3, 6, 5), (2, 3, 3, 3), 2, 1, torch.float32),
+        ],
+        check_out=False,
+    )
 
 
 @grades("test_conv2d_forward_fast")
@@ -443,59 +549,110 @@ def test_conv2d_forward_fast(student: Student) -> None:
     check_guards(student, "test_conv2d_forward_fast")
     check_conv(student, "conv2d_forward_fast", "conv2d_forward_fast", None, VISIBLE_CASES)
     check_vectorized(student, "conv2d_forward_fast", backward=False)
-    check_conv(student, "conv2d_forward_fast", "conv2d_forward_fast", None, [
-        ((1, 2, 9, 6), (3, 2, 2, 4), 3, 2), ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0), ((1, 1, 4, 5), (2, 1, 3, 3), 1, 3),
-        ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1), ((1, 4, 11, 10), (5, 4, 5, 3), 3, 3),
-        ((2, 3, 6, 5), (2, 3, 3, 3), 2, 1, torch.float32)])
+    check_conv(
+        student,
+        "conv2d_forward_fast",
+        "conv2d_forward_fast",
+        None,
+        [
+            ((1, 2, 9, 6), (3, 2, 2, 4), 3, 2),
+            ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0),
+            ((1, 1, 4, 5), (2, 1, 3, 3), 1, 3),
+            ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1),
+            ((1, 4, 11, 10), (5, 4, 5, 3), 3, 3),
+            ((2, 3, 6, 5), (2, 3, 3, 3), 2, 1, torch.float32),
+        ],
+    )
 
 
 @grades("test_conv2d_backward_fast")
 def test_conv2d_backward_fast(student: Student) -> None:
     check_guards(student, "test_conv2d_backward_fast")
-    check_conv(student, "conv2d_backward_fast", "conv2d_forward_fast", "conv2d_backward_fast", VISIBLE_CASES,
-               check_out=False)
+    check_conv(
+        student, "conv2d_backward_fast", "conv2d_forward_fast", "conv2d_backward_fast", VISIBLE_CASES, check_out=False
+    )
     check_vectorized(student, "conv2d_backward_fast", backward=True)
-    check_conv(student, "conv2d_backward_fast", "conv2d_forward_fast", "conv2d_backward_fast", [
-        ((1, 2, 9, 6), (3, 2, 2, 4), 3, 2), ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0), ((1, 1, 4, 5), (2, 1, 3, 3), 1, 3),
-        ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1), ((1, 4, 11, 10), (5, 4, 5, 3), 3, 3), ((3, 2, 5, 5), (2, 2, 2, 2), 3, 1),
-        ((2, 3, 6, 5), (2, 3, 3, 3), 2, 1, torch.float32)], check_out=False)
+    check_conv(
+        student,
+        "conv2d_backward_fast",
+        "conv2d_forward_fast",
+        "conv2d_backward_fast",
+        [
+            ((1, 2, 9, 6), (3, 2, 2, 4), 3, 2),
+            ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0),
+            ((1, 1, 4, 5), (2, 1, 3, 3), 1, 3),
+            ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1),
+            ((1, 4, 11, 10), (5, 4, 5, 3), 3, 3),
+            ((3, 2, 5, 5), (2, 2, 2, 2), 3, 1),
+            ((2, 3, 6, 5), (2, 3, 3, 3), 2, 1, torch.float32),
+        ],
+        check_out=False,
+    )
 
 
 @grades("test_maxpool2d_forward")
 def test_maxpool2d_forward(student: Student) -> None:
     check_guards(student, "test_maxpool2d_forward")
-    check_maxpool(student, "maxpool2d_forward", [
-        ((2, 3, 8, 8), 2, 2), ((2, 2, 7, 7), 3, 2),
-        ((1, 3, 9, 6), 3, 1), ((2, 2, 5, 7), 1, 1), ((1, 2, 10, 7), 2, 3), ((3, 1, 6, 9), 3, 3),
-        ((1, 1, 4, 4), 4, 1)], backward=False)
+    check_maxpool(
+        student,
+        "maxpool2d_forward",
+        [
+            ((2, 3, 8, 8), 2, 2),
+            ((2, 2, 7, 7), 3, 2),
+            ((1, 3, 9, 6), 3, 1),
+            ((2, 2, 5, 7), 1, 1),
+            ((1, 2, 10, 7), 2, 3),
+            ((3, 1, 6, 9), 3, 3),
+            ((1, 1, 4, 4), 4, 1),
+        ],
+        backward=False,
+    )
 
 
 @grades("test_maxpool2d_backward")
 def test_maxpool2d_backward(student: Student) -> None:
     check_guards(student, "test_maxpool2d_backward")
-    check_maxpool(student, "maxpool2d_backward", [
-        ((2, 3, 8, 8), 2, 2), ((2, 2, 7, 7), 3, 2),
-        ((1, 3, 9, 6), 3, 1), ((2, 2, 5, 7), 1, 1), ((1, 2, 10, 7), 2, 3), ((3, 1, 6, 9), 3, 3), ((1, 1, 4, 4), 4, 1),
-        ((2, 2, 11, 8), 3, 2)])
+    check_maxpool(
+        student,
+        "maxpool2d_backward",
+        [
+            ((2, 3, 8, 8), 2, 2),
+            ((2, 2, 7, 7), 3, 2),
+            ((1, 3, 9, 6), 3, 1),
+            ((2, 2, 5, 7), 1, 1),
+            ((1, 2, 10, 7), 2, 3),
+            ((3, 1, 6, 9), 3, 3),
+            ((1, 1, 4, 4), 4, 1),
+            ((2, 2, 11, 8), 3, 2),
+        ],
+    )
 
 
 @grades("test_conv_transpose2d_forward")
 def test_conv_transpose2d_forward(student: Student) -> None:
     check_guards(student, "test_conv_transpose2d_forward")
-    check_transpose(student, [
-        ((2, 3, 4, 4), (3, 2, 3, 3), 2, 1), ((1, 2, 3, 3), (2, 4, 3, 3), 1, 0),
-        ((1, 2, 3, 5), (2, 3, 3, 3), 3, 2),   # non-square input, stride 3
-        ((2, 2, 4, 3), (2, 3, 1, 1), 2, 0),   # 1x1 kernel
-        ((1, 2, 4, 4), (2, 2, 1, 1), 3, 1),   # K - P - 1 < 0: crop instead of pad
-        ((2, 3, 5, 4), (3, 2, 4, 4), 2, 3),   # padding 3
-        ((1, 1, 2, 6), (1, 2, 2, 2), 3, 0)])
+    check_transpose(
+        student,
+        [
+            ((2, 3, 4, 4), (3, 2, 3, 3), 2, 1),
+            ((1, 2, 3, 3), (2, 4, 3, 3), 1, 0),
+            ((1, 2, 3, 5), (2, 3, 3, 3), 3, 2),  # non-square input, stride 3
+            ((2, 2, 4, 3), (2, 3, 1, 1), 2, 0),  # 1x1 kernel
+            ((1, 2, 4, 4), (2, 2, 1, 1), 3, 1),  # K - P - 1 < 0: crop instead of pad
+            ((2, 3, 5, 4), (3, 2, 4, 4), 2, 3),  # padding 3
+            ((1, 1, 2, 6), (1, 2, 2, 2), 3, 0),
+        ],
+    )
 
 
 @grades("test_conv2d_function")
 def test_conv2d_function(student: Student) -> None:
     check_guards(student, "test_conv2d_function")
-    check_function(student, VISIBLE_CASES + [
-        ((1, 2, 9, 6), (3, 2, 2, 4), 3, 2), ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0), ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1)])
+    check_function(
+        student,
+        VISIBLE_CASES
+        + [((1, 2, 9, 6), (3, 2, 2, 4), 3, 2), ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0), ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1)],
+    )
     # one SGD step of a tiny float64 net on the student's Conv2dFunction equals the same step with F.conv2d
     g = torch.Generator().manual_seed(3)
     images = torch.randn(4, 1, 10, 10, generator=g, dtype=torch.float64)
@@ -505,8 +662,10 @@ def test_conv2d_function(student: Student) -> None:
     head = torch.randn(3, 5 * 5 * 5, generator=g, dtype=torch.float64) * 0.1
     reference_params = [t.clone().requires_grad_(True) for t in (w1, b1, head)]
     student_params = [t.clone().requires_grad_(True) for t in (w1, b1, head)]
-    logits = (F.relu(F.conv2d(images, reference_params[0], reference_params[1], stride=2, padding=1)).flatten(1)
-              @ reference_params[2].T)
+    logits = (
+        F.relu(F.conv2d(images, reference_params[0], reference_params[1], stride=2, padding=1)).flatten(1)
+        @ reference_params[2].T
+    )
     reference_grads = torch.autograd.grad(F.cross_entropy(logits, labels), reference_params)
     label = "Conv2dFunction inside a tiny CNN"
     hidden = F.relu(StudentConv2dFunction.apply(student, label, images, student_params[0], student_params[1], 2, 1))

@@ -18,10 +18,12 @@ agent alone cannot send it: it is a ``float`` subclass that ``weights_only`` loa
 every value is judged here. (Threads, processes and profiler changes during a graded call are refused
 by the agent itself, :mod:`grading.agent`.)
 """
+
 from __future__ import annotations
 
 import uuid
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,15 +34,17 @@ from grading.trusted import ForbiddenUse, Student, StudentError, grades
 from utils.detection import coco_evaluate, coco_matches
 from utils.testing import assert_close  # names the failing case, reports expected vs got
 
-Preds = List[Dict[str, Tensor]]
-Targets = List[Dict[str, Tensor]]
+Preds = list[dict[str, Tensor]]
+Targets = list[dict[str, Tensor]]
 
 # the notebook's FORBIDDEN, for every call of a student's function: the methods first (they also stop a
 # COCOeval imported under another name), then the classes' constructors, the course's own bridge to
 # pycocotools and the sklearn shortcuts
 FORBIDDEN_LIBRARY = (
-    [f"pycocotools.cocoeval.COCOeval.{method}"
-     for method in ("evaluate", "accumulate", "evaluateImg", "computeIoU", "summarize", "__init__")]
+    [
+        f"pycocotools.cocoeval.COCOeval.{method}"
+        for method in ("evaluate", "accumulate", "evaluateImg", "computeIoU", "summarize", "__init__")
+    ]
     + ["pycocotools.cocoeval.COCOeval"]
     + [f"pycocotools.coco.COCO.{method}" for method in ("__init__", "loadRes", "createIndex")]
     + ["pycocotools.coco.COCO", "pycocotools.mask.iou", "utils.detection.coco_evaluate", "utils.detection.coco_matches"]
@@ -50,7 +54,7 @@ FORBID = dict(python=FORBIDDEN_LIBRARY)
 
 # Runs in the kernel: calls ``_name(*_args, **_kwargs)`` and converts its result to built-in data (see the
 # module docstring). Decides nothing.
-_PLAIN_CALL = '''
+_PLAIN_CALL = """
 import numpy as _np, torch as _torch
 if _name not in globals():
     raise NameError(f"{_name} is not defined: run the cell that defines it")
@@ -85,10 +89,12 @@ def _plain(value, depth=0):
     return (_mark + "obj", str(type(value).__name__)[:100])
 
 result = {"value": _plain(globals()[_name](*_args, **_kwargs))}
-'''
+"""
 
-_DTYPES = {name: getattr(torch, name) for name in ("bool", "uint8", "int8", "int16", "int32", "int64", "float16",
-                                                    "bfloat16", "float32", "float64")}
+_DTYPES = {
+    name: getattr(torch, name)
+    for name in ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")
+}
 
 
 class Opaque:
@@ -102,7 +108,7 @@ def _opaque(type_name: Any) -> Opaque:
 def _rebuild(value: Any, mark: str) -> Any:
     """The inverse of the probe's ``_plain``: marked tuples back to tensors / arrays, the rest as it is."""
     if isinstance(value, tuple) and len(value) >= 2 and isinstance(value[0], str) and value[0].startswith(mark):
-        kind = value[0][len(mark):]
+        kind = value[0][len(mark) :]
         if kind == "obj":
             return _opaque(value[1])
         try:
@@ -143,7 +149,7 @@ def call(student: Student, name: str, *args: Any, **kwargs: Any) -> Any:
     except (StudentError, ForbiddenUse) as exc:
         message = str(exc)
         if message.startswith("your code"):
-            message = label + message[len("your code"):]
+            message = label + message[len("your code") :]
         raise type(exc)(message) from None
     if not isinstance(answer, dict) or set(answer) != {"value"}:
         raise AssertionError(f"{label}: the kernel's answer was tampered with")
@@ -151,15 +157,22 @@ def call(student: Student, name: str, *args: Any, **kwargs: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- the provided cell's scenes
-def random_targets(num_images: int, num_classes: int = 3, seed: int = 0, max_objects: int = 6,
-                   image_size: int = 64, crowded: bool = False, empty_fraction: float = 0.0) -> Targets:
+def random_targets(
+    num_images: int,
+    num_classes: int = 3,
+    seed: int = 0,
+    max_objects: int = 6,
+    image_size: int = 64,
+    crowded: bool = False,
+    empty_fraction: float = 0.0,
+) -> Targets:
     """Random ground truth: boxes Tensor[M, 4] float32 xyxy, labels in 1..num_classes (some images empty)."""
     # the notebook's random_targets, draw for draw
     rng = np.random.default_rng(seed)
     targets = []
     for _ in range(num_images):
         count = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
-        if crowded:   # objects packed around a few centres: neighbouring boxes overlap a lot
+        if crowded:  # objects packed around a few centres: neighbouring boxes overlap a lot
             centres = rng.uniform(0.3, 0.7, (2, 2)) * image_size
             xy = centres[rng.integers(0, 2, count)] + rng.normal(0, image_size * 0.05, (count, 2))
             wh = rng.uniform(0.15, 0.3, (count, 2)) * image_size
@@ -168,14 +181,26 @@ def random_targets(num_images: int, num_classes: int = 3, seed: int = 0, max_obj
             wh = rng.uniform(0.08, 0.35, (count, 2)) * image_size
             xy = rng.uniform(0, 1, (count, 2)) * (image_size - wh)
         boxes = np.concatenate([xy, xy + wh], axis=1)
-        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                        "labels": torch.tensor(rng.integers(1, num_classes + 1, count), dtype=torch.int64)})
+        targets.append(
+            {
+                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor(rng.integers(1, num_classes + 1, count), dtype=torch.int64),
+            }
+        )
     return targets
 
 
-def simulate_detections(targets: Targets, num_classes: int = 3, seed: int = 0, box_noise: float = 0.08,
-                        miss_rate: float = 0.1, duplicates: float = 1.0, false_positives: float = 1.0,
-                        label_noise: float = 0.05, image_size: int = 64) -> Preds:
+def simulate_detections(
+    targets: Targets,
+    num_classes: int = 3,
+    seed: int = 0,
+    box_noise: float = 0.08,
+    miss_rate: float = 0.1,
+    duplicates: float = 1.0,
+    false_positives: float = 1.0,
+    label_noise: float = 0.05,
+    image_size: int = 64,
+) -> Preds:
     """A stand-in detector: noisy copies of the ground truth plus background boxes, all scores distinct.
 
     The notebook's ``simulate_detections``, draw for draw."""
@@ -191,7 +216,7 @@ def simulate_detections(targets: Targets, num_classes: int = 3, seed: int = 0, b
                 noisy = np.array(box) + rng.normal(0.0, box_noise, 4) * size
                 noisy[2:] = np.maximum(noisy[2:], noisy[:2] + 1.0)
                 overlap = np.clip(np.minimum(noisy[2:], box[2:]) - np.maximum(noisy[:2], box[:2]), 0, None).prod()
-                fit = overlap / ((noisy[2:] - noisy[:2]).prod() + size[:2].prod() - overlap)   # IoU with the object
+                fit = overlap / ((noisy[2:] - noisy[:2]).prod() + size[:2].prod() - overlap)  # IoU with the object
                 boxes.append(noisy)
                 scores.append(1.0 / (1.0 + np.exp(-(6.0 * (fit - 0.6) + rng.normal(0.0, 1.0)))))
                 labels.append(label if rng.random() >= label_noise else int(rng.integers(1, num_classes + 1)))
@@ -201,9 +226,13 @@ def simulate_detections(targets: Targets, num_classes: int = 3, seed: int = 0, b
             boxes.append(np.concatenate([xy, xy + wh]))
             scores.append(rng.uniform(0.0, 0.6))
             labels.append(int(rng.integers(1, num_classes + 1)))
-        preds.append({"boxes": torch.tensor(np.array(boxes), dtype=torch.float32).reshape(-1, 4),
-                      "scores": torch.tensor(scores, dtype=torch.float32),
-                      "labels": torch.tensor(labels, dtype=torch.int64)})
+        preds.append(
+            {
+                "boxes": torch.tensor(np.array(boxes), dtype=torch.float32).reshape(-1, 4),
+                "scores": torch.tensor(scores, dtype=torch.float32),
+                "labels": torch.tensor(labels, dtype=torch.int64),
+            }
+        )
     return make_scores_distinct(preds)
 
 
@@ -221,8 +250,9 @@ def make_scores_distinct(preds: Preds) -> Preds:
     return preds
 
 
-def check_against_coco(student: Student, name: str, preds: Preds, targets: Targets,
-                       iou_thresholds: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+def check_against_coco(
+    student: Student, name: str, preds: Preds, targets: Targets, iou_thresholds: Sequence[float] | None = None
+) -> dict[str, Any]:
     """The notebook's ``check_against_coco``: the student's ``mean_average_precision`` against pycocotools
     (``map``, ``map_50``, ``map_75`` and every entry of ``ap_per_class`` to 1e-6). Returns the student's dict."""
     expected = coco_evaluate(preds, targets)
@@ -234,11 +264,14 @@ def check_against_coco(student: Student, name: str, preds: Preds, targets: Targe
         assert_close(f"{name}: {key}", got[key], expected[key], rtol=0, atol=1e-6)
     per_class = got["ap_per_class"]
     if not isinstance(per_class, dict):
-        raise AssertionError(f"{name}: ap_per_class should be a dict {{label (int): AP}}, "
-                             f"got {type(per_class).__name__}")
+        raise AssertionError(
+            f"{name}: ap_per_class should be a dict {{label (int): AP}}, got {type(per_class).__name__}"
+        )
     if set(per_class) != set(expected["ap_per_class"]):
-        raise AssertionError(f"{name}: ap_per_class has classes {sorted(per_class, key=repr)}, "
-                             f"expected {sorted(expected['ap_per_class'])} (the classes with ground truth)")
+        raise AssertionError(
+            f"{name}: ap_per_class has classes {sorted(per_class, key=repr)}, "
+            f"expected {sorted(expected['ap_per_class'])} (the classes with ground truth)"
+        )
     for c, value in expected["ap_per_class"].items():
         assert_close(f"{name}: ap_per_class[{c}]", per_class[c], value, rtol=0, atol=1e-6)
     return got
@@ -261,38 +294,53 @@ def test_match_detections(student: Student) -> None:
     assert_close("match_detections, crowded strip scene at IoU 0.5", got, expected)
     # at 0.75 the box with IoU 0.5 misses, so GT2 is still free for the 0.60 box (IoU 0.82)
     expected_75 = torch.tensor([False, True, False, True, False, False, True])
-    assert_close("match_detections, same scene at IoU 0.75", call(student, "match_detections", pred, scores, gt, 0.75),
-                 expected_75)
+    assert_close(
+        "match_detections, same scene at IoU 0.75",
+        call(student, "match_detections", pred, scores, gt, 0.75),
+        expected_75,
+    )
     got = call(student, "match_detections", pred, scores, gt[:0], 0.5)
-    assert_close("match_detections, image without ground truth: all false positives", got, torch.zeros(7, dtype=torch.bool))
-    assert_close("match_detections, no detections",
-                 call(student, "match_detections", pred[:0], scores[:0], gt, 0.5), torch.zeros(0, dtype=torch.bool))
+    assert_close(
+        "match_detections, image without ground truth: all false positives", got, torch.zeros(7, dtype=torch.bool)
+    )
+    assert_close(
+        "match_detections, no detections",
+        call(student, "match_detections", pred[:0], scores[:0], gt, 0.5),
+        torch.zeros(0, dtype=torch.bool),
+    )
     for seed in range(6):
         target = random_targets(1, num_classes=1, seed=100 + seed, max_objects=8, crowded=True)
-        det = simulate_detections(target, num_classes=1, seed=200 + seed, box_noise=0.15, duplicates=2.0,
-                                  label_noise=0.0)[0]
+        det = simulate_detections(
+            target, num_classes=1, seed=200 + seed, box_noise=0.15, duplicates=2.0, label_noise=0.0
+        )[0]
         for threshold in (0.5, 0.65, 0.8):
             got = call(student, "match_detections", det["boxes"], det["scores"], target[0]["boxes"], threshold)
-            assert_close(f"match_detections, crowded random scene {seed}, {len(det['boxes'])} detections, "
-                         f"IoU {threshold} (vs pycocotools)", got,
-                         coco_matches(det["boxes"], det["scores"], target[0]["boxes"], threshold))
+            assert_close(
+                f"match_detections, crowded random scene {seed}, {len(det['boxes'])} detections, "
+                f"IoU {threshold} (vs pycocotools)",
+                got,
+                coco_matches(det["boxes"], det["scores"], target[0]["boxes"], threshold),
+            )
 
 
 # ----------------------------------------------------------------------------- precision_recall
-def reference_precision_recall(tp: np.ndarray, scores: np.ndarray, num_gt: int) -> Dict[str, Tensor]:
+def reference_precision_recall(tp: np.ndarray, scores: np.ndarray, num_gt: int) -> dict[str, Tensor]:
     """Precision and recall (float64 Tensor[D]) after each detection, ranked by score with a stable sort."""
     order = np.argsort(-scores, kind="mergesort")
     tp_cum, fp_cum = np.cumsum(tp[order]), np.cumsum(~tp[order])
     return {"precision": torch.from_numpy(tp_cum / (tp_cum + fp_cum)), "recall": torch.from_numpy(tp_cum / num_gt)}
 
 
-def check_precision_recall(student: Student, name: str, tp: Tensor, scores: Tensor, num_gt: int,
-                           precision: Tensor, recall: Tensor) -> None:
+def check_precision_recall(
+    student: Student, name: str, tp: Tensor, scores: Tensor, num_gt: int, precision: Tensor, recall: Tensor
+) -> None:
     """The student's ``precision_recall(tp, scores, num_gt)`` against (precision, recall), rtol 1e-6."""
     got = call(student, "precision_recall", tp, scores, num_gt)
     if not isinstance(got, (tuple, list)) or len(got) != 2:
-        raise AssertionError(f"{name}: expected a pair (precision, recall), got {type(got).__name__}"
-                             + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""))
+        raise AssertionError(
+            f"{name}: expected a pair (precision, recall), got {type(got).__name__}"
+            + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else "")
+        )
     assert_close(f"{name}: precision", got[0], precision, rtol=1e-6, check_dtype=False)
     assert_close(f"{name}: recall", got[1], recall, rtol=1e-6, check_dtype=False)
 
@@ -301,30 +349,52 @@ def check_precision_recall(student: Student, name: str, tp: Tensor, scores: Tens
 def test_precision_recall(student: Student) -> None:
     f64 = torch.float64
     check_precision_recall(
-        student, "precision_recall, 7 detections, 4 objects",
+        student,
+        "precision_recall, 7 detections, 4 objects",
         torch.tensor([True, True, False, False, False, True, True]),
-        torch.tensor([0.30, 0.95, 0.60, 0.90, 0.40, 0.80, 0.70]), 4,
+        torch.tensor([0.30, 0.95, 0.60, 0.90, 0.40, 0.80, 0.70]),
+        4,
         torch.tensor([1, 1 / 2, 2 / 3, 3 / 4, 3 / 5, 3 / 6, 4 / 7], dtype=f64),
-        torch.tensor([1 / 4, 1 / 4, 2 / 4, 3 / 4, 3 / 4, 3 / 4, 4 / 4], dtype=f64))
+        torch.tensor([1 / 4, 1 / 4, 2 / 4, 3 / 4, 3 / 4, 3 / 4, 4 / 4], dtype=f64),
+    )
     # a missed object (recall stops at 2/3) and the first detection a false positive
     check_precision_recall(
-        student, "precision_recall, FP first, 3 objects",
-        torch.tensor([True, False, False, True]), torch.tensor([0.2, 0.9, 0.1, 0.5]), 3,
-        torch.tensor([0, 1 / 2, 2 / 3, 2 / 4], dtype=f64), torch.tensor([0, 1 / 3, 2 / 3, 2 / 3], dtype=f64))
+        student,
+        "precision_recall, FP first, 3 objects",
+        torch.tensor([True, False, False, True]),
+        torch.tensor([0.2, 0.9, 0.1, 0.5]),
+        3,
+        torch.tensor([0, 1 / 2, 2 / 3, 2 / 4], dtype=f64),
+        torch.tensor([0, 1 / 3, 2 / 3, 2 / 3], dtype=f64),
+    )
     # equal scores keep their input order (stable ranking, as pycocotools does)
     tp, scores = torch.tensor([False, True, True, False]), torch.tensor([0.5, 0.5, 0.9, 0.5])
     got = call(student, "precision_recall", tp, scores, 2)
     if not isinstance(got, (tuple, list)) or len(got) != 2:
-        raise AssertionError("precision_recall, tied scores keep input order: expected a pair (precision, recall), "
-                             f"got {type(got).__name__}")
-    assert_close("precision_recall, tied scores keep input order: precision", got[0],
-                 torch.tensor([1, 1 / 2, 2 / 3, 2 / 4], dtype=f64), rtol=1e-6, check_dtype=False)
+        raise AssertionError(
+            "precision_recall, tied scores keep input order: expected a pair (precision, recall), "
+            f"got {type(got).__name__}"
+        )
+    assert_close(
+        "precision_recall, tied scores keep input order: precision",
+        got[0],
+        torch.tensor([1, 1 / 2, 2 / 3, 2 / 4], dtype=f64),
+        rtol=1e-6,
+        check_dtype=False,
+    )
     # 300 random detections against a NumPy reference
     rng = np.random.default_rng(7)
     tp_np, scores_np = rng.random(300) < 0.4, rng.permutation(300).astype(np.float32) / 300
     ref = reference_precision_recall(tp_np, scores_np, 150)
-    check_precision_recall(student, "precision_recall, 300 random detections", torch.from_numpy(tp_np),
-                           torch.from_numpy(scores_np), 150, ref["precision"], ref["recall"])
+    check_precision_recall(
+        student,
+        "precision_recall, 300 random detections",
+        torch.from_numpy(tp_np),
+        torch.from_numpy(scores_np),
+        150,
+        ref["precision"],
+        ref["recall"],
+    )
 
 
 # ----------------------------------------------------------------------------- average_precision
@@ -356,22 +426,31 @@ def test_average_precision(student: Student) -> None:
     got = {m: call(student, "average_precision", P, R, m) for m in ("voc_all", "voc11", "coco101")}
     assert_close("average_precision voc_all: 1/4 * 1 + 1/2 * 3/4 + 1/4 * 4/7", got["voc_all"], 43 / 56)
     assert_close("average_precision voc11: (3 * 1 + 5 * 3/4 + 3 * 4/7) / 11", got["voc11"], (3 + 15 / 4 + 12 / 7) / 11)
-    assert_close("average_precision coco101: (26 * 1 + 50 * 3/4 + 25 * 4/7) / 101", got["coco101"], (26 + 75 / 2 + 100 / 7) / 101)
+    assert_close(
+        "average_precision coco101: (26 * 1 + 50 * 3/4 + 25 * 4/7) / 101", got["coco101"], (26 + 75 / 2 + 100 / 7) / 101
+    )
     # FP first and recall stopping at 2/3 (3 objects): envelope 2/3 up to recall 2/3, nothing beyond
     P = torch.tensor([0, 1 / 2, 2 / 3, 2 / 4, 2 / 5], dtype=f64)
     R = torch.tensor([0, 1 / 3, 2 / 3, 2 / 3, 2 / 3], dtype=f64)
     got = {m: call(student, "average_precision", P, R, m) for m in ("voc_all", "voc11", "coco101")}
     assert_close("average_precision voc_all, curve stopping at recall 2/3", got["voc_all"], 4 / 9)
     assert_close("average_precision voc11, curve stopping at recall 2/3", got["voc11"], 7 * (2 / 3) / 11)
-    assert_close("average_precision coco101, curve stopping at recall 2/3 (0 beyond)", got["coco101"], 67 * (2 / 3) / 101)
+    assert_close(
+        "average_precision coco101, curve stopping at recall 2/3 (0 beyond)", got["coco101"], 67 * (2 / 3) / 101
+    )
     # a perfect ranking, and false positives after the last true positive, do not cost anything
     P = torch.tensor([1, 1, 1, 3 / 4, 3 / 5], dtype=f64)
     R = torch.tensor([1 / 3, 2 / 3, 1, 1, 1], dtype=f64)
     empty = torch.zeros(0, dtype=f64)
     for m in ("voc_all", "voc11", "coco101"):
-        assert_close(f"average_precision {m}, all objects found first", call(student, "average_precision", P, R, m), 1.0)
-        assert_close(f"average_precision {m}, empty curve (no detections)",
-                     call(student, "average_precision", empty, empty.clone(), m), 0.0)
+        assert_close(
+            f"average_precision {m}, all objects found first", call(student, "average_precision", P, R, m), 1.0
+        )
+        assert_close(
+            f"average_precision {m}, empty curve (no detections)",
+            call(student, "average_precision", empty, empty.clone(), m),
+            0.0,
+        )
     # the default method is coco101; a long random curve against pycocotools' accumulate() and the VOC devkit
     rng = np.random.default_rng(3)
     hits = rng.random(400) < np.linspace(0.9, 0.1, 400)
@@ -380,10 +459,18 @@ def test_average_precision(student: Student) -> None:
     P_np, R_np = tp_cum / (tp_cum + fp_cum), tp_cum / num_gt
     got_default = call(student, "average_precision", torch.from_numpy(P_np), torch.from_numpy(R_np))
     got_voc = call(student, "average_precision", torch.from_numpy(P_np), torch.from_numpy(R_np), "voc_all")
-    assert_close("average_precision default (coco101), 400 random detections vs pycocotools", got_default,
-                 reference_coco101(P_np, R_np), rtol=1e-9)
-    assert_close("average_precision voc_all, 400 random detections vs VOC devkit", got_voc,
-                 reference_voc_all(P_np, R_np), rtol=1e-9)
+    assert_close(
+        "average_precision default (coco101), 400 random detections vs pycocotools",
+        got_default,
+        reference_coco101(P_np, R_np),
+        rtol=1e-9,
+    )
+    assert_close(
+        "average_precision voc_all, 400 random detections vs VOC devkit",
+        got_voc,
+        reference_voc_all(P_np, R_np),
+        rtol=1e-9,
+    )
 
 
 # ----------------------------------------------------------------------------- mean_average_precision
@@ -391,36 +478,60 @@ def test_average_precision(student: Student) -> None:
 def test_map_matching(student: Student) -> None:
     # a detector that returns exactly the ground truth: AP 1 everywhere
     targets = random_targets(5, num_classes=3, seed=1)
-    perfect = [{"boxes": t["boxes"].clone(), "scores": torch.linspace(1.0, 0.5, len(t["labels"])), "labels": t["labels"].clone()}
-               for t in targets]
+    perfect = [
+        {
+            "boxes": t["boxes"].clone(),
+            "scores": torch.linspace(1.0, 0.5, len(t["labels"])),
+            "labels": t["labels"].clone(),
+        }
+        for t in targets
+    ]
     result = call(student, "mean_average_precision", perfect, targets)
     if not isinstance(result, dict) or not {"map", "map_50", "map_75"} <= set(result):
-        raise AssertionError("mean_average_precision, perfect detections: expected a dict with keys map, map_50, "
-                             f"map_75, ap_per_class; got {type(result).__name__}")
+        raise AssertionError(
+            "mean_average_precision, perfect detections: expected a dict with keys map, map_50, "
+            f"map_75, ap_per_class; got {type(result).__name__}"
+        )
     for key in ("map", "map_50", "map_75"):
         assert_close(f"mean_average_precision, perfect detections: {key}", result[key], 1.0)
     # noisy scenes against pycocotools
     targets = random_targets(6, num_classes=3, seed=2)
-    check_against_coco(student, "mean_average_precision, 6 images, 3 classes", simulate_detections(targets, seed=3),
-                       targets)
+    check_against_coco(
+        student, "mean_average_precision, 6 images, 3 classes", simulate_detections(targets, seed=3), targets
+    )
     targets = random_targets(15, num_classes=3, seed=10)
-    check_against_coco(student, "mean_average_precision, many duplicates (no NMS)",
-                       simulate_detections(targets, seed=11, duplicates=3.0), targets)
+    check_against_coco(
+        student,
+        "mean_average_precision, many duplicates (no NMS)",
+        simulate_detections(targets, seed=11, duplicates=3.0),
+        targets,
+    )
     targets = random_targets(15, num_classes=2, seed=12, max_objects=10, crowded=True)
-    check_against_coco(student, "mean_average_precision, crowded scenes",
-                       simulate_detections(targets, num_classes=2, seed=13, box_noise=0.12, duplicates=1.5), targets)
+    check_against_coco(
+        student,
+        "mean_average_precision, crowded scenes",
+        simulate_detections(targets, num_classes=2, seed=13, box_noise=0.12, duplicates=1.5),
+        targets,
+    )
     targets = random_targets(20, num_classes=4, seed=14, max_objects=8)
-    check_against_coco(student, "mean_average_precision, loose boxes, 4 classes",
-                       simulate_detections(targets, num_classes=4, seed=15, box_noise=0.2, false_positives=3.0,
-                                           label_noise=0.2), targets)
+    check_against_coco(
+        student,
+        "mean_average_precision, loose boxes, 4 classes",
+        simulate_detections(targets, num_classes=4, seed=15, box_noise=0.2, false_positives=3.0, label_noise=0.2),
+        targets,
+    )
 
 
 @grades("test_map_conventions")
 def test_map_conventions(student: Student) -> None:
     # images without any ground truth (their detections are all false positives)
     targets = random_targets(10, num_classes=3, seed=20, empty_fraction=0.4)
-    check_against_coco(student, "mean_average_precision, 40% of images without ground truth",
-                       simulate_detections(targets, seed=21, false_positives=2.0), targets)
+    check_against_coco(
+        student,
+        "mean_average_precision, 40% of images without ground truth",
+        simulate_detections(targets, seed=21, false_positives=2.0),
+        targets,
+    )
     # class 4 has ground truth but no detections (AP 0); class 5 is only detected, never present (left out)
     targets = random_targets(12, num_classes=4, seed=22)
     preds = simulate_detections(targets, num_classes=3, seed=23, label_noise=0.0)
@@ -430,8 +541,9 @@ def test_map_conventions(student: Student) -> None:
             pred["labels"][-1] = 5
     if not (any((t["labels"] == 4).any() for t in targets) and any((p["labels"] == 5).any() for p in preds)):
         raise RuntimeError("test setup: the scene has no class 4 ground truth or no class 5 detection")
-    result = check_against_coco(student, "mean_average_precision, class 4 never detected, class 5 never present",
-                                preds, targets)
+    result = check_against_coco(
+        student, "mean_average_precision, class 4 never detected, class 5 never present", preds, targets
+    )
     assert_close("mean_average_precision, class 4 never detected: ap_per_class[4]", result["ap_per_class"][4], 0.0)
     # several classes without ground truth, a single class with
     targets = random_targets(8, num_classes=1, seed=24)
@@ -444,28 +556,39 @@ def test_map_conventions(student: Student) -> None:
     for thresholds, key in (([0.5], "map_50"), ([0.75], "map_75")):
         result = call(student, "mean_average_precision", preds, targets, iou_thresholds=thresholds)
         if not isinstance(result, dict) or "map" not in result:
-            raise AssertionError(f"mean_average_precision(iou_thresholds={thresholds}): expected a dict with key "
-                                 f"map, got {type(result).__name__}")
-        assert_close(f"mean_average_precision(iou_thresholds={thresholds})['map'] equals {key}", result["map"],
-                     reference[key], rtol=0, atol=1e-6)
+            raise AssertionError(
+                f"mean_average_precision(iou_thresholds={thresholds}): expected a dict with key "
+                f"map, got {type(result).__name__}"
+            )
+        assert_close(
+            f"mean_average_precision(iou_thresholds={thresholds})['map'] equals {key}",
+            result["map"],
+            reference[key],
+            rtol=0,
+            atol=1e-6,
+        )
 
 
 @grades("test_map_max_detections")
 def test_map_max_detections(student: Student) -> None:
     # one image, one class: 3 objects, found only by detections ranked 101st to 103rd; above them 100 false positives
-    gt = torch.tensor([[2., 2., 20., 20.], [30., 30., 60., 60.], [5., 40., 25., 60.]])
+    gt = torch.tensor([[2.0, 2.0, 20.0, 20.0], [30.0, 30.0, 60.0, 60.0], [5.0, 40.0, 25.0, 60.0]])
     rng = np.random.default_rng(30)
     xy = rng.uniform(0, 40, (400, 2))
     noise = torch.tensor(np.concatenate([xy, xy + rng.uniform(3, 20, (400, 2))], axis=1), dtype=torch.float32)
-    noise = noise[torchvision.ops.box_iou(noise, gt).max(dim=1).values < 0.3][:100]   # none of them fits an object
+    noise = noise[torchvision.ops.box_iou(noise, gt).max(dim=1).values < 0.3][:100]  # none of them fits an object
     if len(noise) != 100:
         raise RuntimeError(f"test setup: only {len(noise)} background boxes")
     boxes = torch.cat([noise, gt + 0.5])
     scores = torch.cat([torch.linspace(0.9, 0.5, len(noise)), torch.tensor([0.3, 0.2, 0.1])])
     preds = [{"boxes": boxes, "scores": scores, "labels": torch.ones(len(boxes), dtype=torch.int64)}]
     targets = [{"boxes": gt, "labels": torch.ones(3, dtype=torch.int64)}]
-    check_against_coco(student, f"mean_average_precision, {len(boxes)} detections in one image, the good ones "
-                       "beyond rank 100", preds, targets)
+    check_against_coco(
+        student,
+        f"mean_average_precision, {len(boxes)} detections in one image, the good ones beyond rank 100",
+        preds,
+        targets,
+    )
     # images flooded with 220-300 low- and mid-scoring boxes of both classes
     targets = random_targets(6, num_classes=2, seed=31)
     preds = simulate_detections(targets, num_classes=2, seed=32)
@@ -474,11 +597,14 @@ def test_map_max_detections(student: Student) -> None:
         n = int(rng.integers(220, 300))
         xy = rng.uniform(0, 50, (n, 2))
         extra = torch.tensor(np.concatenate([xy, xy + rng.uniform(4, 25, (n, 2))], axis=1), dtype=torch.float32)
-        preds[i] = {"boxes": torch.cat([preds[i]["boxes"], extra]),
-                    "scores": torch.cat([preds[i]["scores"], torch.tensor(rng.uniform(0.05, 0.8, n), dtype=torch.float32)]),
-                    "labels": torch.cat([preds[i]["labels"], torch.tensor(rng.integers(1, 3, n), dtype=torch.int64)])}
+        preds[i] = {
+            "boxes": torch.cat([preds[i]["boxes"], extra]),
+            "scores": torch.cat([preds[i]["scores"], torch.tensor(rng.uniform(0.05, 0.8, n), dtype=torch.float32)]),
+            "labels": torch.cat([preds[i]["labels"], torch.tensor(rng.integers(1, 3, n), dtype=torch.int64)]),
+        }
     preds = make_scores_distinct(preds)
     if not max(int((p["labels"] == c).sum()) for p in preds for c in (1, 2)) > 100:
         raise RuntimeError("test setup: no image has more than 100 detections of a class")
-    check_against_coco(student, "mean_average_precision, images with more than 100 detections of a class",
-                       preds, targets)
+    check_against_coco(
+        student, "mean_average_precision, images with more than 100 detections of a class", preds, targets
+    )

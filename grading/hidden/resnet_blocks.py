@@ -11,10 +11,12 @@ Their structure (sub-module names, classes, convolution strides, channel counts,
 state_dict keys) comes back as plain data from one fixed probe, :data:`DESCRIBE`, and every
 decision about it is made here. torchvision's ResNet code is refused in every call (:data:`FORBID`).
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torchvision
@@ -24,12 +26,19 @@ from grading.trusted import ForbiddenUse, Remote, Student, StudentError, grades
 from utils.testing import assert_close
 
 TV = torchvision.models.resnet
-FORBIDDEN: Tuple[str, ...] = (
-    "torchvision.models.resnet.conv3x3", "torchvision.models.resnet.conv1x1",
-    "torchvision.models.resnet.BasicBlock", "torchvision.models.resnet.Bottleneck",
-    "torchvision.models.resnet.ResNet", "torchvision.models.resnet.resnet18",
-    "torchvision.models.resnet.resnet34", "torchvision.models.resnet.resnet50",
-    "torchvision.models.resnet18", "torchvision.models.resnet34", "torchvision.models.resnet50")
+FORBIDDEN: tuple[str, ...] = (
+    "torchvision.models.resnet.conv3x3",
+    "torchvision.models.resnet.conv1x1",
+    "torchvision.models.resnet.BasicBlock",
+    "torchvision.models.resnet.Bottleneck",
+    "torchvision.models.resnet.ResNet",
+    "torchvision.models.resnet.resnet18",
+    "torchvision.models.resnet.resnet34",
+    "torchvision.models.resnet.resnet50",
+    "torchvision.models.resnet18",
+    "torchvision.models.resnet34",
+    "torchvision.models.resnet50",
+)
 FORBID = dict(python=list(FORBIDDEN))
 
 # ----------------------------------------------------------------------------- kernel probes (drive, never decide)
@@ -172,9 +181,23 @@ class ModuleInfo:
     """What :data:`DESCRIBE` reports about one sub-module of the student's model: its dotted name, id,
     the (module, qualname) of each class of its type's MRO, plain-data attributes, child names, ``len``."""
 
-    def __init__(self, name: str, ident: int, mro: List[Tuple[str, str]], attrs: Dict[str, Any],
-                 children: List[str], length: Optional[int]) -> None:
-        self.name, self.ident, self.mro, self.attrs, self.children, self.length = name, ident, mro, attrs, children, length
+    def __init__(
+        self,
+        name: str,
+        ident: int,
+        mro: list[tuple[str, str]],
+        attrs: dict[str, Any],
+        children: list[str],
+        length: int | None,
+    ) -> None:
+        self.name, self.ident, self.mro, self.attrs, self.children, self.length = (
+            name,
+            ident,
+            mro,
+            attrs,
+            children,
+            length,
+        )
 
     def is_a(self, cls: type) -> bool:
         """Whether the module's type is (a subclass of) the library class ``cls``, e.g. ``nn.Conv2d``."""
@@ -197,7 +220,9 @@ class Structure:
     """The student's module as plain data: sub-modules by dotted name, parameters (name, numel,
     requires_grad), state_dict keys."""
 
-    def __init__(self, modules: Dict[str, ModuleInfo], params: List[Tuple[str, int, bool]], state_keys: List[str]) -> None:
+    def __init__(
+        self, modules: dict[str, ModuleInfo], params: list[tuple[str, int, bool]], state_keys: list[str]
+    ) -> None:
         self.modules, self.params, self.state_keys = modules, params, state_keys
 
     def module(self, case: str, name: str) -> ModuleInfo:
@@ -223,8 +248,9 @@ def describe(student: Student, model: Remote, case: str) -> Structure:
         raise AssertionError(f"{case}: the structure of your module could not be read")
     modules = {}
     for name, ident, mro, attrs, children, length in raw["modules"]:
-        modules[str(name)] = ModuleInfo(str(name), int(ident), [(str(m), str(q)) for m, q in mro], dict(attrs),
-                                        [str(c) for c in children], length)
+        modules[str(name)] = ModuleInfo(
+            str(name), int(ident), [(str(m), str(q)) for m, q in mro], dict(attrs), [str(c) for c in children], length
+        )
     return Structure(modules, [(str(n), int(k), bool(t)) for n, k, t in raw["params"]], [str(k) for k in raw["state"]])
 
 
@@ -249,11 +275,14 @@ def load_reference(student: Student, model: Remote, structure: Structure, refere
     try:
         model.call("load_state_dict", state, strict=True)
     except StudentError as error:
-        raise AssertionError(f"{name}: torchvision's state_dict does not load into yours: {str(error)[:1500]}") from None
+        raise AssertionError(
+            f"{name}: torchvision's state_dict does not load into yours: {str(error)[:1500]}"
+        ) from None
 
 
-def compare_outputs(student: Student, name: str, model: Remote, reference: nn.Module, x: Tensor,
-                    train: bool = False) -> Tensor:
+def compare_outputs(
+    student: Student, name: str, model: Remote, reference: nn.Module, x: Tensor, train: bool = False
+) -> Tensor:
     """Run both modules in float64 (eval mode unless train=True) on copies of x; assert equal outputs."""
     reference.double().train(train)
     with torch.no_grad():
@@ -272,7 +301,9 @@ def same_conv(name: str, got: ModuleInfo, reference: nn.Conv2d) -> None:
         if value is None or isinstance(value, str):
             raise AssertionError(f"{name}.{attr}: expected {getattr(reference, attr)!r}, got {value!r}")
         assert_close(f"{name}.{attr}", value, getattr(reference, attr))
-    assert_close(f"{name} has no bias (the BatchNorm after it has its own shift)", got.attrs.get("bias") == "none", True)
+    assert_close(
+        f"{name} has no bias (the BatchNorm after it has its own shift)", got.attrs.get("bias") == "none", True
+    )
 
 
 def is_zero_padded(out: Any, kept: Tensor) -> bool:
@@ -284,13 +315,13 @@ def is_zero_padded(out: Any, kept: Tensor) -> bool:
         return False
     out = out.detach()
     for k in range(c_out - c + 1):
-        rest = torch.cat([out[:, :k], out[:, k + c:]], dim=1)
-        if torch.equal(out[:, k:k + c], kept) and bool((rest == 0).all()):
+        rest = torch.cat([out[:, :k], out[:, k + c :]], dim=1)
+        if torch.equal(out[:, k : k + c], kept) and bool((rest == 0).all()):
             return True
     return False
 
 
-def state_entries(student: Student, model: Remote, keys: Sequence[str], case: str) -> Dict[str, Tensor]:
+def state_entries(student: Student, model: Remote, keys: Sequence[str], case: str) -> dict[str, Tensor]:
     """The student's ``model.state_dict()[k]`` for every k of ``keys``; a failure naming the case if one is missing."""
     entries = run(student, case, STATE_ENTRIES, model=model, keys=list(keys))
     if not isinstance(entries, dict):
@@ -310,15 +341,21 @@ def class_attribute(student: Student, cls: str, attr: str) -> Any:
 @grades("test_conv_helpers")
 def test_conv_helpers(student: Student) -> None:
     convs = []
-    for args, kwargs, label in [((16, 32), {}, "conv3x3(16, 32)"), ((16, 32), {"stride": 2}, "conv3x3(16, 32, stride=2)")]:
+    for args, kwargs, label in [
+        ((16, 32), {}, "conv3x3(16, 32)"),
+        ((16, 32), {"stride": 2}, "conv3x3(16, 32, stride=2)"),
+    ]:
         got = student.call("conv3x3", *args, **kwargs)
         same_conv(label, describe(student, got, label).module(label, ""), TV.conv3x3(*args, **kwargs))
         convs.append(got)
     c, c2 = convs
     x = randn(100, 2, 16, 9, 9)
     assert_close("conv3x3(16, 32) keeps 9x9 maps", tuple(tensor("conv3x3(16, 32)(x)", c(x)).shape), (2, 32, 9, 9))
-    assert_close("conv3x3(16, 32, stride=2) turns 9x9 into 5x5",
-                 tuple(tensor("conv3x3(16, 32, stride=2)(x)", c2(x)).shape), (2, 32, 5, 5))
+    assert_close(
+        "conv3x3(16, 32, stride=2) turns 9x9 into 5x5",
+        tuple(tensor("conv3x3(16, 32, stride=2)(x)", c2(x)).shape),
+        (2, 32, 5, 5),
+    )
     for args in [(64, 256), (256, 128, 2), (3, 8, 1)]:
         got = student.call("conv1x1", *args)
         label = f"conv1x1{args}"
@@ -328,7 +365,10 @@ def test_conv_helpers(student: Student) -> None:
         label = f"conv3x3{args}"
         same_conv(label, describe(student, got, label).module(label, ""), TV.conv3x3(*args))
     # outputs with torchvision's weights
-    for fn, args, shape, seed in [("conv1x1", (6, 10, 2), (3, 6, 7, 11), 101), ("conv3x3", (5, 7, 2), (2, 5, 8, 9), 102)]:
+    for fn, args, shape, seed in [
+        ("conv1x1", (6, 10, 2), (3, 6, 7, 11), 101),
+        ("conv3x3", (5, 7, 2), (2, 5, 8, 9), 102),
+    ]:
         with seeded(seed):
             ref = getattr(TV, fn)(*args)
         got = student.call(fn, *args)
@@ -338,7 +378,9 @@ def test_conv_helpers(student: Student) -> None:
         try:
             got.call("load_state_dict", {k: v.clone() for k, v in ref.state_dict().items()})
         except StudentError as error:
-            raise AssertionError(f"{label}: torchvision's state_dict does not load into yours: {str(error)[:1500]}") from None
+            raise AssertionError(
+                f"{label}: torchvision's state_dict does not load into yours: {str(error)[:1500]}"
+            ) from None
         x = randn(seed, *shape)
         with torch.no_grad():
             expected = ref(x)
@@ -365,22 +407,39 @@ def test_basic_block(student: Student) -> None:
         reference = randomise_(TV.BasicBlock(32, 64, 2, tv_downsample(32, 64, 2)), seed=2)
     seed_kernel(student, 1)
     label = "BasicBlock(32, 64, stride=2, downsample)"
-    downsample = run(student, "nn.Sequential(conv1x1(32, 64, 2), nn.BatchNorm2d(64))",
-                     "import torch as _torch\nresult = _torch.nn.Sequential(conv1x1(32, 64, 2), _torch.nn.BatchNorm2d(64))")
+    downsample = run(
+        student,
+        "nn.Sequential(conv1x1(32, 64, 2), nn.BatchNorm2d(64))",
+        "import torch as _torch\nresult = _torch.nn.Sequential(conv1x1(32, 64, 2), _torch.nn.BatchNorm2d(64))",
+    )
     block = build(student, "BasicBlock(32, 64, stride=2, downsample=downsample)", downsample=downsample)
-    kept = run(student, label, "result = (id(getattr(block, 'downsample', None)), id(downsample))",
-               block=block, downsample=downsample)
+    kept = run(
+        student,
+        label,
+        "result = (id(getattr(block, 'downsample', None)), id(downsample))",
+        block=block,
+        downsample=downsample,
+    )
     assert_close("BasicBlock keeps the downsample module it is given", kept[0] == kept[1], True)
     structure = describe(student, block, label)
     load_reference(student, block, structure, reference, label)
-    assert_close("BasicBlock(32, 64, stride=2): conv1 carries the stride",
-                 structure.module(label, "conv1").attrs.get("stride"), (2, 2))
-    assert_close("BasicBlock(32, 64, stride=2): conv2 has stride 1", structure.module(label, "conv2").attrs.get("stride"), (1, 1))
+    assert_close(
+        "BasicBlock(32, 64, stride=2): conv1 carries the stride",
+        structure.module(label, "conv1").attrs.get("stride"),
+        (2, 2),
+    )
+    assert_close(
+        "BasicBlock(32, 64, stride=2): conv2 has stride 1", structure.module(label, "conv2").attrs.get("stride"), (1, 1)
+    )
     x = randn(201, 3, 32, 11, 11, dtype=torch.float64)
-    out = compare_outputs(student, "BasicBlock(32, 64, stride=2), eval mode, on Tensor[3, 32, 11, 11]", block, reference, x)
+    out = compare_outputs(
+        student, "BasicBlock(32, 64, stride=2), eval mode, on Tensor[3, 32, 11, 11]", block, reference, x
+    )
     assert_close("BasicBlock(32, 64, stride=2) output shape", tuple(out.shape), (3, 64, 6, 6))
     assert_close("BasicBlock output is non-negative (ReLU after the addition)", bool((out >= 0).all()), True)
-    compare_outputs(student, "BasicBlock(32, 64, stride=2), train mode (batch statistics)", block, reference, x, train=True)
+    compare_outputs(
+        student, "BasicBlock(32, 64, stride=2), train mode (batch statistics)", block, reference, x, train=True
+    )
     after = run(student, label, INPUT_AFTER_CALL, model=block, x=x.clone())
     assert_close("BasicBlock leaves its input unchanged", after, x)
 
@@ -389,8 +448,13 @@ def test_basic_block(student: Student) -> None:
     block = build(student, "BasicBlock(8, 8).eval()")
     run(student, "BasicBlock(8, 8) with bn2 zeroed", ZERO_BRANCH, model=block, bn="bn2")
     x = randn(202, 2, 8, 5, 5)
-    got = run(student, "BasicBlock(8, 8)", "import torch as _torch\nwith _torch.no_grad():\n    result = model(x)",
-              model=block, x=x.clone())
+    got = run(
+        student,
+        "BasicBlock(8, 8)",
+        "import torch as _torch\nwith _torch.no_grad():\n    result = model(x)",
+        model=block,
+        x=x.clone(),
+    )
     assert_close("BasicBlock with a zeroed residual branch computes ReLU(x)", got, torch.relu(x), rtol=1e-6, atol=1e-7)
 
 
@@ -413,21 +477,33 @@ def test_bottleneck(student: Student) -> None:
         reference = randomise_(TV.Bottleneck(64, 32, 2, tv_downsample(64, 128, 2)), seed=4)
     seed_kernel(student, 1)
     label = "Bottleneck(64, 32, stride=2, downsample)"
-    block = build(student, "Bottleneck(64, 32, stride=2, downsample=nn.Sequential(conv1x1(64, 128, 2), nn.BatchNorm2d(128)))")
+    block = build(
+        student, "Bottleneck(64, 32, stride=2, downsample=nn.Sequential(conv1x1(64, 128, 2), nn.BatchNorm2d(128)))"
+    )
     structure = describe(student, block, label)
     load_reference(student, block, structure, reference, label)
     for conv, expected in [("conv1", (1, 1)), ("conv2", (2, 2)), ("conv3", (1, 1))]:
-        assert_close(f"Bottleneck(64, 32, stride=2).{conv}.stride (v1.5: the 3x3 conv2 carries the stride)",
-                     structure.module(label, conv).attrs.get("stride"), expected)
+        assert_close(
+            f"Bottleneck(64, 32, stride=2).{conv}.stride (v1.5: the 3x3 conv2 carries the stride)",
+            structure.module(label, conv).attrs.get("stride"),
+            expected,
+        )
     for conv, (c_in, c_out) in [("conv1", (64, 32)), ("conv2", (32, 32)), ("conv3", (32, 128))]:
         info = structure.module(label, conv)
-        assert_close(f"Bottleneck(64, 32).{conv} channels (in, out)",
-                     (info.attrs.get("in_channels"), info.attrs.get("out_channels")), (c_in, c_out))
+        assert_close(
+            f"Bottleneck(64, 32).{conv} channels (in, out)",
+            (info.attrs.get("in_channels"), info.attrs.get("out_channels")),
+            (c_in, c_out),
+        )
     x = randn(301, 3, 64, 9, 13, dtype=torch.float64)
-    out = compare_outputs(student, "Bottleneck(64, 32, stride=2), eval mode, on Tensor[3, 64, 9, 13]", block, reference, x)
+    out = compare_outputs(
+        student, "Bottleneck(64, 32, stride=2), eval mode, on Tensor[3, 64, 9, 13]", block, reference, x
+    )
     assert_close("Bottleneck(64, 32, stride=2) output shape", tuple(out.shape), (3, 128, 5, 7))
     assert_close("Bottleneck output is non-negative (ReLU after the addition)", bool((out >= 0).all()), True)
-    compare_outputs(student, "Bottleneck(64, 32, stride=2), train mode (batch statistics)", block, reference, x, train=True)
+    compare_outputs(
+        student, "Bottleneck(64, 32, stride=2), train mode (batch statistics)", block, reference, x, train=True
+    )
     after = run(student, label, INPUT_AFTER_CALL, model=block, x=x.clone())
     assert_close("Bottleneck leaves its input unchanged", after, x)
 
@@ -438,8 +514,9 @@ def test_bottleneck(student: Student) -> None:
     label = "Bottleneck(16, 16, downsample)"
     block = build(student, "Bottleneck(16, 16, downsample=nn.Sequential(conv1x1(16, 64), nn.BatchNorm2d(64)))")
     load_reference(student, block, describe(student, block, label), reference, label)
-    compare_outputs(student, "Bottleneck(16, 16) with a 16 -> 64 projection, eval mode", block, reference,
-                    randn(302, 2, 16, 6, 6))
+    compare_outputs(
+        student, "Bottleneck(16, 16) with a 16 -> 64 projection, eval mode", block, reference, randn(302, 2, 16, 6, 6)
+    )
 
 
 # ----------------------------------------------------------------------------- section 5: ResNet
@@ -455,16 +532,25 @@ def test_resnet_structure(student: Student) -> None:
     state_dict_keys_match(label, structure, reference)
     out = tensor(f"{label}(x)", model(randn(400, 2, 3, 64, 64)))
     assert_close(f"{label} logits shape", tuple(out.shape), (2, 10))
-    assert_close("layer1[0] of a basic-block ResNet has no downsample (same shape)",
-                 "downsample" in structure.module(label, "layer1.0").children, False)
+    assert_close(
+        "layer1[0] of a basic-block ResNet has no downsample (same shape)",
+        "downsample" in structure.module(label, "layer1.0").children,
+        False,
+    )
     has_ds = structure.has("layer2.0.downsample")
     ds = structure.modules.get("layer2.0.downsample")
-    assert_close("layer2[0].downsample is an nn.Sequential (conv1x1, BatchNorm2d)",
-                 has_ds and ds.is_a(nn.Sequential) and ds.length == 2, True)
+    assert_close(
+        "layer2[0].downsample is an nn.Sequential (conv1x1, BatchNorm2d)",
+        has_ds and ds.is_a(nn.Sequential) and ds.length == 2,
+        True,
+    )
     same_conv("layer2[0].downsample[0]", structure.module(label, "layer2.0.downsample.0"), TV.conv1x1(64, 128, 2))
     bn = structure.module(label, "layer2.0.downsample.1")
-    assert_close("layer2[0].downsample[1] is a BatchNorm2d(128)",
-                 bn.is_a(nn.BatchNorm2d) and bn.attrs.get("num_features") == 128, True)
+    assert_close(
+        "layer2[0].downsample[1] is a BatchNorm2d(128)",
+        bn.is_a(nn.BatchNorm2d) and bn.attrs.get("num_features") == 128,
+        True,
+    )
 
     # an unusual bottleneck layout
     layers = [2, 3, 1, 2]
@@ -480,36 +566,59 @@ def test_resnet_structure(student: Student) -> None:
     for stage_index, planes in enumerate([64, 128, 256, 512]):
         stage_name = f"layer{stage_index + 1}"
         stage = structure.module(label, stage_name)
-        assert_close(f"{stage_name} is an nn.Sequential of {layers[stage_index]} blocks",
-                     stage.is_a(nn.Sequential) and stage.length == layers[stage_index], True)
+        assert_close(
+            f"{stage_name} is an nn.Sequential of {layers[stage_index]} blocks",
+            stage.is_a(nn.Sequential) and stage.length == layers[stage_index],
+            True,
+        )
         for i in range(layers[stage_index]):
             stride = 2 if (i == 0 and stage_index > 0) else 1
             name = f"{stage_name}[{i}]"
             path = f"{stage_name}.{i}"
-            assert_close(f"{name}.conv2.stride", structure.module(label, f"{path}.conv2").attrs.get("stride"),
-                         (stride, stride))
+            assert_close(
+                f"{name}.conv2.stride", structure.module(label, f"{path}.conv2").attrs.get("stride"), (stride, stride)
+            )
             needs_projection = stride != 1 or inplanes != planes * 4
-            assert_close(f"{name}.downsample is {'a projection' if needs_projection else 'None'}",
-                         "downsample" in structure.module(label, path).children, needs_projection)
+            assert_close(
+                f"{name}.downsample is {'a projection' if needs_projection else 'None'}",
+                "downsample" in structure.module(label, path).children,
+                needs_projection,
+            )
             if needs_projection:
                 ds = structure.module(label, f"{path}.downsample")
-                assert_close(f"{name}.downsample has two modules (conv1x1, BatchNorm2d)",
-                             ds.is_a(nn.Sequential) and ds.length == 2, True)
-                same_conv(f"{name}.downsample[0]", structure.module(label, f"{path}.downsample.0"),
-                          TV.conv1x1(inplanes, planes * 4, stride))
+                assert_close(
+                    f"{name}.downsample has two modules (conv1x1, BatchNorm2d)",
+                    ds.is_a(nn.Sequential) and ds.length == 2,
+                    True,
+                )
+                same_conv(
+                    f"{name}.downsample[0]",
+                    structure.module(label, f"{path}.downsample.0"),
+                    TV.conv1x1(inplanes, planes * 4, stride),
+                )
                 bn = structure.module(label, f"{path}.downsample.1")
-                assert_close(f"{name}.downsample[1] is a BatchNorm2d({planes * 4})",
-                             bn.is_a(nn.BatchNorm2d) and bn.attrs.get("num_features") == planes * 4, True)
+                assert_close(
+                    f"{name}.downsample[1] is a BatchNorm2d({planes * 4})",
+                    bn.is_a(nn.BatchNorm2d) and bn.attrs.get("num_features") == planes * 4,
+                    True,
+                )
             inplanes = planes * 4
     # stem and head
     same_conv("conv1 (the 7x7 stem)", structure.module(label, "conv1"), reference.conv1)
     pool = structure.module(label, "maxpool")
-    assert_close("maxpool is nn.MaxPool2d(3, stride=2, padding=1)", pool.is_a(nn.MaxPool2d)
-                 and (pool.attrs.get("kernel_size"), pool.attrs.get("stride"), pool.attrs.get("padding"))
-                 in [(3, 2, 1), ((3, 3), (2, 2), (1, 1))], True)
+    assert_close(
+        "maxpool is nn.MaxPool2d(3, stride=2, padding=1)",
+        pool.is_a(nn.MaxPool2d)
+        and (pool.attrs.get("kernel_size"), pool.attrs.get("stride"), pool.attrs.get("padding"))
+        in [(3, 2, 1), ((3, 3), (2, 2), (1, 1))],
+        True,
+    )
     fc = structure.module(label, "fc")
-    assert_close("fc maps 512 * expansion features to num_classes",
-                 (fc.attrs.get("in_features"), fc.attrs.get("out_features")), (2048, 7))
+    assert_close(
+        "fc maps 512 * expansion features to num_classes",
+        (fc.attrs.get("in_features"), fc.attrs.get("out_features")),
+        (2048, 7),
+    )
     # Kaiming normal, fan_out mode: std = sqrt(2 / (out_channels * k * k)); BN gamma 1, beta 0
     convs = [m for m in structure.modules.values() if m.is_a(nn.Conv2d)]
     bns = [m for m in structure.modules.values() if m.is_a(nn.BatchNorm2d)]
@@ -529,8 +638,13 @@ def test_resnet_structure(student: Student) -> None:
     # same function as torchvision's on this unusual layout
     randomise_(reference, seed=6)
     load_reference(student, model, structure, reference, label)
-    compare_outputs(student, "ResNet(Bottleneck, [2, 3, 1, 2], num_classes=7), eval mode, on Tensor[2, 3, 48, 40]",
-                    model, reference, randn(401, 2, 3, 48, 40))
+    compare_outputs(
+        student,
+        "ResNet(Bottleneck, [2, 3, 1, 2], num_classes=7), eval mode, on Tensor[2, 3, 48, 40]",
+        model,
+        reference,
+        randn(401, 2, 3, 48, 40),
+    )
 
 
 @grades("test_zero_init_residual")
@@ -566,48 +680,82 @@ def test_zero_init_residual(student: Student) -> None:
             assert_close(f"zero_init_residual: {name}.{bn}.weight stays 1", w, torch.ones_like(w))
         if "downsample" in blk.children:
             w = weights[f"{name}.downsample.1.weight"]
-            assert_close(f"zero_init_residual: {name}.downsample[1].weight stays 1 (the shortcut carries the signal)",
-                         w, torch.ones_like(w))
+            assert_close(
+                f"zero_init_residual: {name}.downsample[1].weight stays 1 (the shortcut carries the signal)",
+                w,
+                torch.ones_like(w),
+            )
     default = build(student, "ResNet(Bottleneck, [1, 1, 1, 1])")
-    w = state_entries(student, default, ["layer3.0.bn3.weight"], "ResNet(Bottleneck, [1, 1, 1, 1])")["layer3.0.bn3.weight"]
+    w = state_entries(student, default, ["layer3.0.bn3.weight"], "ResNet(Bottleneck, [1, 1, 1, 1])")[
+        "layer3.0.bn3.weight"
+    ]
     assert_close("zero_init_residual=False (default): layer3[0].bn3.weight is 1", w, torch.ones_like(w))
     # behaviour: a zero-initialised block without downsample is the identity on non-negative inputs
     x = torch.relu(randn(500, 2, 512, 4, 4))
-    got = run(student, "zero_init_residual: layer2[1](x)",
-              "import torch as _torch\nmodel.train()\nwith _torch.no_grad():\n    result = model.layer2[1](x)",
-              model=model, x=x.clone())
+    got = run(
+        student,
+        "zero_init_residual: layer2[1](x)",
+        "import torch as _torch\nmodel.train()\nwith _torch.no_grad():\n    result = model.layer2[1](x)",
+        model=model,
+        x=x.clone(),
+    )
     assert_close("zero_init_residual: layer2[1] computes the identity at initialisation", got, x, rtol=1e-6, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------- section 6: resnet18/34/50
 @grades("test_resnet_torchvision")
 def test_resnet_torchvision(student: Student) -> None:
-    for name, shape, seed, randomise_seed in [("resnet18", (1, 3, 64, 64), 0, 7),
-                                              ("resnet34", (2, 3, 48, 64), 10, 20),
-                                              ("resnet50", (1, 3, 64, 64), 11, 21)]:
+    for name, shape, seed, randomise_seed in [
+        ("resnet18", (1, 3, 64, 64), 0, 7),
+        ("resnet34", (2, 3, 48, 64), 10, 20),
+        ("resnet50", (1, 3, 64, 64), 11, 21),
+    ]:
         with seeded(seed):
             reference = randomise_(getattr(torchvision.models, name)(weights=None), seed=randomise_seed)
         seed_kernel(student, seed)
         model = build(student, f"{name}()")
         structure = describe(student, model, f"{name}()")
         assert_own_modules(f"{name}()", structure)
-        assert_close(f"{name}() parameter count", structure.count_parameters(),
-                     sum(p.numel() for p in reference.parameters() if p.requires_grad))
+        assert_close(
+            f"{name}() parameter count",
+            structure.count_parameters(),
+            sum(p.numel() for p in reference.parameters() if p.requires_grad),
+        )
         load_reference(student, model, structure, reference, f"{name}()")
-        compare_outputs(student, f"{name} with torchvision's weights, eval mode, on Tensor{list(shape)}", model, reference,
-                        randn(600 + seed, *shape))
+        compare_outputs(
+            student,
+            f"{name} with torchvision's weights, eval mode, on Tensor{list(shape)}",
+            model,
+            reference,
+            randn(600 + seed, *shape),
+        )
         del model, reference, structure
     # stride placement and final ReLU inside the full networks
     r50 = build(student, "resnet50(num_classes=5, zero_init_residual=True)")
     r18 = build(student, "resnet18(num_classes=3)")
     s50 = describe(student, r50, "resnet50(num_classes=5, zero_init_residual=True)")
     s18 = describe(student, r18, "resnet18(num_classes=3)")
-    assert_close("resnet50(num_classes=5).fc.out_features", s50.module("resnet50(num_classes=5)", "fc").attrs.get("out_features"), 5)
-    assert_close("resnet18(num_classes=3).fc.out_features", s18.module("resnet18(num_classes=3)", "fc").attrs.get("out_features"), 3)
-    assert_close("resnet50 layer3[0]: stride on conv2 (v1.5), not conv1",
-                 (s50.module("resnet50", "layer3.0.conv1").attrs.get("stride"),
-                  s50.module("resnet50", "layer3.0.conv2").attrs.get("stride")), ((1, 1), (2, 2)))
-    assert_close("resnet18 layer3[0]: stride on conv1", s18.module("resnet18", "layer3.0.conv1").attrs.get("stride"), (2, 2))
+    assert_close(
+        "resnet50(num_classes=5).fc.out_features",
+        s50.module("resnet50(num_classes=5)", "fc").attrs.get("out_features"),
+        5,
+    )
+    assert_close(
+        "resnet18(num_classes=3).fc.out_features",
+        s18.module("resnet18(num_classes=3)", "fc").attrs.get("out_features"),
+        3,
+    )
+    assert_close(
+        "resnet50 layer3[0]: stride on conv2 (v1.5), not conv1",
+        (
+            s50.module("resnet50", "layer3.0.conv1").attrs.get("stride"),
+            s50.module("resnet50", "layer3.0.conv2").attrs.get("stride"),
+        ),
+        ((1, 1), (2, 2)),
+    )
+    assert_close(
+        "resnet18 layer3[0]: stride on conv1", s18.module("resnet18", "layer3.0.conv1").attrs.get("stride"), (2, 2)
+    )
     w = state_entries(student, r50, ["layer4.2.bn3.weight"], "resnet50(zero_init_residual=True)")["layer4.2.bn3.weight"]
     assert_close("resnet50(zero_init_residual=True) zeroes layer4[2].bn3.weight", w, torch.zeros_like(w))
 
@@ -616,11 +764,11 @@ def test_resnet_torchvision(student: Student) -> None:
 def cifar_params(depth: int, num_classes: int) -> int:
     """Parameters of the paper's CIFAR ResNet with option-A shortcuts (convolutions without bias, BN gamma/beta)."""
     n = (depth - 2) // 6
-    total = 3 * 16 * 9 + 2 * 16                                  # stem conv + BN
+    total = 3 * 16 * 9 + 2 * 16  # stem conv + BN
     for c_in, c in [(16, 16), (16, 32), (32, 64)]:
         total += (c_in * c * 9 + 2 * c) + (c * c * 9 + 2 * c)  # first block of the stage
-        total += (n - 1) * 2 * (c * c * 9 + 2 * c)              # the other blocks
-    return total + 64 * num_classes + num_classes                # fc
+        total += (n - 1) * 2 * (c * c * 9 + 2 * c)  # the other blocks
+    return total + 64 * num_classes + num_classes  # fc
 
 
 @grades("test_resnet_cifar")
@@ -628,12 +776,18 @@ def test_resnet_cifar(student: Student) -> None:
     shortcut = build(student, "ShortcutA(16, 32, stride=2)")
     x = randn(700, 2, 16, 8, 8)
     out = shortcut(x.clone())
-    assert_close("ShortcutA has no parameters", describe(student, shortcut, "ShortcutA(16, 32, stride=2)")
-                 .count_parameters(trainable_only=False), 0)
+    assert_close(
+        "ShortcutA has no parameters",
+        describe(student, shortcut, "ShortcutA(16, 32, stride=2)").count_parameters(trainable_only=False),
+        0,
+    )
     out = tensor("ShortcutA(16, 32, stride=2)(x)", out)
     assert_close("ShortcutA(16, 32, stride=2) on Tensor[2, 16, 8, 8]: output shape", tuple(out.shape), (2, 32, 4, 4))
-    assert_close("ShortcutA keeps x[:, :, ::2, ::2] in 16 channels and fills the other 16 with zeros",
-                 is_zero_padded(out, x[:, :, ::2, ::2]), True)
+    assert_close(
+        "ShortcutA keeps x[:, :, ::2, ::2] in 16 channels and fills the other 16 with zeros",
+        is_zero_padded(out, x[:, :, ::2, ::2]),
+        True,
+    )
     seed_kernel(student, 0)
     model = build(student, "resnet_cifar(20)")
     logits = tensor("resnet_cifar(20)(x)", model(randn(701, 2, 3, 32, 32)))
@@ -647,24 +801,46 @@ def test_resnet_cifar(student: Student) -> None:
         structure = describe(student, build(student, label), label)
         n = (depth - 2) // 6
         count = structure.count_parameters()
-        assert_close(f"resnet_cifar({depth}) parameters (paper: {paper}M)", round(count / 1e6, 2 if depth < 100 else 1), paper)
-        assert_close(f"resnet_cifar({depth}) exact parameter count (option A shortcuts have none)", count, cifar_params(depth, 10))
+        assert_close(
+            f"resnet_cifar({depth}) parameters (paper: {paper}M)", round(count / 1e6, 2 if depth < 100 else 1), paper
+        )
+        assert_close(
+            f"resnet_cifar({depth}) exact parameter count (option A shortcuts have none)",
+            count,
+            cifar_params(depth, 10),
+        )
         for k, width in enumerate([16, 32, 64]):
             stage = structure.module(label, f"layer{k + 1}")
             blocks = [structure.modules.get(f"layer{k + 1}.{c}") for c in stage.children]
-            assert_close(f"resnet_cifar({depth}).layer{k + 1} holds {n} BasicBlocks",
-                         stage.is_a(nn.Sequential) and stage.length == n and len(blocks) == n
-                         and all(b is not None and b.is_students("BasicBlock") for b in blocks), True)
-            assert_close(f"resnet_cifar({depth}).layer{k + 1} width",
-                         structure.module(label, f"layer{k + 1}.0.conv2").attrs.get("out_channels"), width)
-            assert_close(f"resnet_cifar({depth}).layer{k + 1}[0].conv1.stride",
-                         structure.module(label, f"layer{k + 1}.0.conv1").attrs.get("stride"), (1, 1) if k == 0 else (2, 2))
+            assert_close(
+                f"resnet_cifar({depth}).layer{k + 1} holds {n} BasicBlocks",
+                stage.is_a(nn.Sequential)
+                and stage.length == n
+                and len(blocks) == n
+                and all(b is not None and b.is_students("BasicBlock") for b in blocks),
+                True,
+            )
+            assert_close(
+                f"resnet_cifar({depth}).layer{k + 1} width",
+                structure.module(label, f"layer{k + 1}.0.conv2").attrs.get("out_channels"),
+                width,
+            )
+            assert_close(
+                f"resnet_cifar({depth}).layer{k + 1}[0].conv1.stride",
+                structure.module(label, f"layer{k + 1}.0.conv1").attrs.get("stride"),
+                (1, 1) if k == 0 else (2, 2),
+            )
     label = "resnet_cifar(32, num_classes=100)"
     model = build(student, label)
     structure = describe(student, model, label)
-    assert_close("resnet_cifar(32, num_classes=100) exact parameter count", structure.count_parameters(), cifar_params(32, 100))
+    assert_close(
+        "resnet_cifar(32, num_classes=100) exact parameter count", structure.count_parameters(), cifar_params(32, 100)
+    )
     same_conv("resnet_cifar(32).conv1 (3x3, 16 filters, stride 1)", structure.module(label, "conv1"), TV.conv3x3(3, 16))
-    hooked = run(student, label, """
+    hooked = run(
+        student,
+        label,
+        """
 import torch as _torch
 _features = {}
 _hook = model.layer3.register_forward_hook(lambda module, inputs, out: _features.__setitem__("layer3", tuple(out.shape)))
@@ -672,30 +848,51 @@ with _torch.no_grad():
     _logits = model.eval()(x)
 _hook.remove()
 result = (_logits, _features.get("layer3"))
-""", model=model, x=randn(702, 3, 3, 32, 32))
+""",
+        model=model,
+        x=randn(702, 3, 3, 32, 32),
+    )
     logits, layer3 = hooked
     assert_close("resnet_cifar(32, num_classes=100) logits shape", tuple(tensor(label, logits).shape), (3, 100))
-    assert_close("resnet_cifar: layer3 works on 8x8 maps for 32x32 inputs (no max-pool, two stride-2 stages)",
-                 tuple(layer3) if isinstance(layer3, (tuple, list)) else layer3, (3, 64, 8, 8))
+    assert_close(
+        "resnet_cifar: layer3 works on 8x8 maps for 32x32 inputs (no max-pool, two stride-2 stages)",
+        tuple(layer3) if isinstance(layer3, (tuple, list)) else layer3,
+        (3, 64, 8, 8),
+    )
     # behaviour of the downsampling block: with its residual branch zeroed it returns the option-A shortcut
     block = run(student, label, "result = model.layer2[0]", model=model)
     run(student, "resnet_cifar(32).layer2[0] with bn2 zeroed", ZERO_BRANCH, model=block, bn="bn2")
     x = torch.relu(randn(703, 2, 16, 9, 9))
-    out = run(student, "resnet_cifar(32).layer2[0]", "import torch as _torch\nwith _torch.no_grad():\n    result = model(x)",
-              model=block, x=x.clone())
-    assert_close("layer2[0] with a zeroed branch returns x[:, :, ::2, ::2] padded with zero channels",
-                 is_zero_padded(out, x[:, :, ::2, ::2]), True)
+    out = run(
+        student,
+        "resnet_cifar(32).layer2[0]",
+        "import torch as _torch\nwith _torch.no_grad():\n    result = model(x)",
+        model=block,
+        x=x.clone(),
+    )
+    assert_close(
+        "layer2[0] with a zeroed branch returns x[:, :, ::2, ::2] padded with zero channels",
+        is_zero_padded(out, x[:, :, ::2, ::2]),
+        True,
+    )
     shortcut = build(student, "ShortcutA(32, 64, stride=2)")
     x = randn(704, 1, 32, 7, 6)
     out = shortcut(x.clone())
     assert_close("ShortcutA(32, 64) on an odd 7x6 map", is_zero_padded(out, x[:, :, ::2, ::2]), True)
     for bad in [21, 33, 2]:
-        raised = run(student, f"resnet_cifar({bad})", f"""
+        raised = run(
+            student,
+            f"resnet_cifar({bad})",
+            f"""
 try:
     resnet_cifar({bad})
     result = None
 except Exception as _error:
     result = [_c.__name__ for _c in type(_error).__mro__]
-""")
-        assert_close(f"resnet_cifar({bad}) raises ValueError (depth must be 6n + 2)",
-                     isinstance(raised, list) and "ValueError" in raised, True)
+""",
+        )
+        assert_close(
+            f"resnet_cifar({bad}) raises ValueError (depth must be 6n + 2)",
+            isinstance(raised, list) and "ValueError" in raised,
+            True,
+        )

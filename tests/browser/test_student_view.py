@@ -8,6 +8,7 @@ visible test. This side adds what the edition cannot do, having no solutions: ty
 function into its stub (read from ``solutions/`` at run time, never stored in the edition) and see its visible test
 pass. Skipped with a notice where no Chromium is installed (``.ci/run`` installs it).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,8 +23,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 os.environ.setdefault("COURSE_TEST_OUTPUT", str(REPO / "test-output"))  # screenshots and server log go here
 
-_spec = importlib.util.spec_from_file_location("edition_student_view",
-                                               REPO / "edition" / "tests" / "browser" / "test_student_view.py")
+_spec = importlib.util.spec_from_file_location(
+    "edition_student_view", REPO / "edition" / "tests" / "browser" / "test_student_view.py"
+)
 student_view = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = student_view
 _spec.loader.exec_module(student_view)  # skips this module too where no Chromium or Playwright is installed
@@ -62,14 +64,17 @@ def solution_body(assignment: str, grade_id: str) -> str:
     begin = next(i for i, line in enumerate(lines) if "### BEGIN SOLUTION" in line)
     end = next(i for i, line in enumerate(lines) if "### END SOLUTION" in line)
     assert cell.source.count("### BEGIN SOLUTION") == 1, f"{grade_id}: pick a cell with a single solution region"
-    return textwrap.dedent("\n".join(lines[begin + 1:end]))
+    return textwrap.dedent("\n".join(lines[begin + 1 : end]))
 
 
 def test_the_solution_typed_into_a_stub_passes_its_visible_test(browser, lab, edition_root):
     page = student_view._open(browser, lab, f"assignments/{student_view.ASSIGNMENT}/{student_view.ASSIGNMENT}.ipynb")
     release = edition_root / "assignments" / student_view.ASSIGNMENT / f"{student_view.ASSIGNMENT}.ipynb"
-    output = student_view.fill_stub_and_run_its_test(page, release, student_view.STUB,
-                                                     solution_body(student_view.ASSIGNMENT, student_view.STUB))
-    assert "Error" not in output and "Traceback" not in output, \
-        f"the visible test of {student_view.STUB} should pass with the solution:\n{output[:1500]}" + student_view._context()
+    output = student_view.fill_stub_and_run_its_test(
+        page, release, student_view.STUB, solution_body(student_view.ASSIGNMENT, student_view.STUB)
+    )
+    assert "Error" not in output and "Traceback" not in output, (
+        f"the visible test of {student_view.STUB} should pass with the solution:\n{output[:1500]}"
+        + student_view._context()
+    )
     page.close()

@@ -8,6 +8,7 @@ server log land in test-output/browser/ (git-ignored).
 The instructor's copy of this test runs these same tests on a freshly built student edition, and types the
 real answer into the stub (this edition has none: here a wrong answer is typed, and its visible test fails).
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,9 @@ LAB_LOG = SHOTS / "jupyterlab.log"
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 if CHROMIUM is None:
-    pytest.skip("NOTICE: no chromium on this machine (apt-get install chromium); browser test skipped",
-                allow_module_level=True)
+    pytest.skip(
+        "NOTICE: no chromium on this machine (apt-get install chromium); browser test skipped", allow_module_level=True
+    )
 sync_api = pytest.importorskip("playwright.sync_api", reason="NOTICE: playwright not installed; browser test skipped")
 
 
@@ -72,13 +74,21 @@ def lab(tmp_path_factory, edition_root, make_args):
         shutil.copytree(edition_root / folder, root / folder, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     port = _free_port()
     # a student's environment: live widgets, the inline matplotlib backend
-    env = {k: v for k, v in os.environ.items() if k not in ("COURSE_STATIC_WIDGETS", "NBGRADER_EXECUTION", "MPLBACKEND")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("COURSE_STATIC_WIDGETS", "NBGRADER_EXECUTION", "MPLBACKEND")
+    }
     args = f"--no-browser --IdentityProvider.token={TOKEN} --ServerApp.root_dir={root} --LabApp.news_url=None"
     # the server's log goes to a file: an unread pipe fills up and then blocks the server mid-request
     SHOTS.mkdir(parents=True, exist_ok=True)
     log = open(LAB_LOG, "wb")
-    proc = subprocess.Popen(["make", "lab", f"PORT={port}", f"LAB_ARGS={args}", *make_args], cwd=edition_root, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["make", "lab", f"PORT={port}", f"LAB_ARGS={args}", *make_args],
+        cwd=edition_root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while True:
@@ -103,9 +113,19 @@ def browser():
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield browser
         browser.close()
 
@@ -134,7 +154,9 @@ def _dismiss_dialogs(page) -> None:
         dialog = page.locator(".jp-Dialog")
         if dialog.count() == 0 or not dialog.first.is_visible():
             return
-        text = " | ".join(t.strip() for t in dialog.first.locator(".jp-Dialog-header, .jp-Dialog-body").all_inner_texts())
+        text = " | ".join(
+            t.strip() for t in dialog.first.locator(".jp-Dialog-header, .jp-Dialog-body").all_inner_texts()
+        )
         DIALOGS.append(text)
         page.screenshot(path=str(SHOTS / f"dialog_{len(DIALOGS)}.png"))
         print(f"NOTICE: JupyterLab showed a dialog: {text!r}")
@@ -166,6 +188,7 @@ def _run_all(page, timeout_s: int) -> None:
     """Run > Run All Cells, then wait until every code cell has an execution count and the kernel is idle.
 
     text_content, not inner_text: JupyterLab 4 may skip rendering cells scrolled out of view."""
+
     def started() -> bool:
         prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_text_contents()
         return any(re.fullmatch(r"\[(\*|\d+)\]:", p.strip()) for p in prompts)
@@ -223,10 +246,14 @@ def test_getting_started_runs_and_its_widget_is_live(browser, lab):
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")
     deadline = time.time() + 60
-    while time.time() < deadline and page.locator(".jupyter-widgets.widget-output img").first.get_attribute("src") == before:
+    while (
+        time.time() < deadline
+        and page.locator(".jupyter-widgets.widget-output img").first.get_attribute("src") == before
+    ):
         time.sleep(0.5)
-    assert page.locator(".jupyter-widgets.widget-output img").first.get_attribute("src") != before, \
+    assert page.locator(".jupyter-widgets.widget-output img").first.get_attribute("src") != before, (
         "moving the slider did not redraw the figure"
+    )
     page.screenshot(path=str(SHOTS / "00_getting_started_slider_moved.png"))
     page.close()
 
@@ -312,17 +339,19 @@ def fill_stub_and_run_its_test(page, release: Path, grade_id: str, body: str) ->
         page.keyboard.press("Shift+Enter")
         _wait_idle(page)
     active = page.locator(".jp-Notebook .jp-Cell.jp-mod-active")
-    assert "NotImplementedError" in (active.locator(".cm-content").text_content() or ""), "the stub is not the active cell"
-    page.keyboard.press("Enter")                       # edit mode
+    assert "NotImplementedError" in (active.locator(".cm-content").text_content() or ""), (
+        "the stub is not the active cell"
+    )
+    page.keyboard.press("Enter")  # edit mode
     page.keyboard.press("ControlOrMeta+a")
-    page.keyboard.insert_text(filled)                  # insert_text: no auto-indent of the typed lines
+    page.keyboard.insert_text(filled)  # insert_text: no auto-indent of the typed lines
     page.keyboard.press("Escape")
     typed = active.locator(".cm-content").text_content() or ""
     assert "NotImplementedError" not in typed, f"the stub was not replaced: {typed[:300]}"
-    page.keyboard.press("Shift+Enter")                 # define the function
+    page.keyboard.press("Shift+Enter")  # define the function
     _wait_idle(page)
-    test_cell = active.element_handle()                # the test cell, now active (a handle stays on it)
-    page.keyboard.press("Shift+Enter")                 # its visible test
+    test_cell = active.element_handle()  # the test cell, now active (a handle stays on it)
+    page.keyboard.press("Shift+Enter")  # its visible test
     _wait_idle(page)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -343,6 +372,7 @@ def test_a_filled_in_stub_runs_its_visible_test(browser, lab, edition_root):
     release = edition_root / "assignments" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
     output = fill_stub_and_run_its_test(page, release, STUB, WRONG_ANSWER)
     assert "NotImplementedError" not in output, f"the test still called the stub:\n{output[:1500]}"
-    assert "AssertionError" in output and "box_area of three boxes" in output, \
+    assert "AssertionError" in output and "box_area of three boxes" in output, (
         f"the visible test should fail on the wrong answer and name its case:\n{output[:1500]}" + _context()
+    )
     page.close()
