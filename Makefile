@@ -53,7 +53,7 @@ lab-instructor: setup
 # threads, so its clock is the grading time an instructor sees), then everything else on $(JOBS) pytest
 # workers. Both phases always run; make fails when either fails. One BLAS/OpenMP thread per process
 # avoids oversubscription, which makes small convolutions ~10x slower.
-TEST_ENV := COURSE_STATIC_WIDGETS=1 OMP_NUM_THREADS=1 GRADING_JOBS=$(JOBS)
+TEST_ENV := COURSE_STATIC_WIDGETS=1 COURSE_EXERCISES_REQUIRED=1 OMP_NUM_THREADS=1 GRADING_JOBS=$(JOBS)
 GRADING_TESTS := tests/test_grading_pipeline.py tests/test_redteam.py
 test: setup sandbox-deps
 	@status=0; \
