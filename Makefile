@@ -22,10 +22,10 @@ PYTEST_ARGS ?=
 JOBS ?= 2
 ASSIGNMENTS := $(notdir $(patsubst %/,%,$(dir $(wildcard solutions/*/*.ipynb))))
 
-.PHONY: sandbox-deps help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
+.PHONY: lint sandbox-deps help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
 
 help:
-	@sed -n '2,4p' Makefile
+	@awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' $(firstword $(MAKEFILE_LIST))
 
 # (Re)install when requirements.txt or pyproject.toml changed; the stamp holds their hash.
 setup:
@@ -63,6 +63,11 @@ test: setup sandbox-deps
 	$(TEST_ENV) $(VENV)/bin/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-cell-timeout=600 \
 	    -p no:cacheprovider $(addprefix --ignore=,$(GRADING_TESTS)) tests notebooks solutions $(PYTEST_ARGS) || status=1; \
 	exit $$status
+
+# ruff (configured in pyproject.toml): lint and format check of the .py files and the notebooks (seconds)
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # unit tests only (seconds)
 test-fast: setup
