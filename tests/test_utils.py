@@ -379,6 +379,27 @@ def test_models_shapes():
     assert sum(isinstance(m, nn.Tanh) for m in net) == 2 and sum(isinstance(m, nn.BatchNorm1d) for m in net) == 2
 
 
+def test_best_times_takes_turns_and_keeps_the_fastest_call():
+    calls, ticks = [], iter(range(1000))
+
+    def clock() -> float:
+        return float(next(ticks))
+
+    def make(name: str, cost: int):
+        def run():
+            calls.append(name)
+            for _ in range(cost):  # each cost unit advances the fake clock once
+                clock()
+
+        return run
+
+    best = utils.best_times({"slow": make("slow", 5), "fast": make("fast", 1)}, rounds=3, clock=clock)
+    assert calls == ["slow", "fast"] + ["slow", "fast"] * 3, "a warm-up call each, then the functions take turns"
+    assert best == {"slow": 6.0, "fast": 2.0}, best  # cost + 1 tick for the clock read that ends the call
+    real = utils.best_times({"sum": lambda: sum(range(20_000)), "nothing": lambda: None}, rounds=3)
+    assert real["sum"] > real["nothing"] >= 0
+
+
 def test_every_public_name_of_every_submodule_is_exported_by_the_package():
     import importlib
     import pkgutil
