@@ -441,3 +441,30 @@ def test_lazy_package_exports_resolve():
         assert getattr(utils, name) is not None, name
     with pytest.raises(AttributeError):
         _ = utils.no_such_helper
+
+
+def test_mnist_train_val_loaders_split_the_training_digits_without_overlap():
+    train, val = utils.mnist_train_val_loaders(batch_size=50, train_size=300, val_size=200, seed=1)
+    x_train, y_train = utils.load_mnist("train")
+    x_test, _ = utils.load_mnist("test")
+    train_images = torch.cat([x for x, _ in train])
+    val_images, val_labels = (torch.cat(t) for t in zip(*val))
+    assert len(train_images) == 300 and len(val_images) == 200
+    # validation = the last digits of the training split, in order; training = a shuffle of the first ones
+    assert torch.equal(val_images, x_train[-200:]) and torch.equal(val_labels, y_train[-200:])
+    flat_train = train_images.flatten(1)
+    assert torch.equal(flat_train.sum(1).sort().values, x_train[:300].flatten(1).sum(1).sort().values)
+
+    # no training or validation image is a test image, and none is in both
+    def keys(images):
+        return {
+            tuple(row.nonzero().flatten()[:40].tolist()) + (round(float(row.sum()), 3),) for row in images.flatten(1)
+        }
+
+    assert not keys(train_images) & keys(val_images)
+    assert not (keys(train_images) | keys(val_images)) & keys(x_test)
+    again = torch.cat([x for x, _ in utils.mnist_train_val_loaders(50, 300, 200, seed=1)[0]])
+    other = torch.cat([x for x, _ in utils.mnist_train_val_loaders(50, 300, 200, seed=2)[0]])
+    assert torch.equal(again, train_images) and not torch.equal(other, train_images)
+    with pytest.raises(ValueError):
+        utils.mnist_train_val_loaders(train_size=3500, val_size=1000)
