@@ -22,10 +22,10 @@ PYTEST_ARGS ?=
 JOBS ?= 2
 ASSIGNMENTS := $(notdir $(patsubst %/,%,$(dir $(wildcard solutions/*/*.ipynb))))
 
-.PHONY: sandbox-deps help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
+.PHONY: lint sandbox-deps help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
 
 help:
-	@sed -n '2,4p' Makefile
+	@awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' $(firstword $(MAKEFILE_LIST))
 
 # (Re)install when requirements.txt or pyproject.toml changed; the stamp holds their hash.
 setup:
@@ -53,7 +53,7 @@ lab-instructor: setup
 # threads, so its clock is the grading time an instructor sees), then everything else on $(JOBS) pytest
 # workers. Both phases always run; make fails when either fails. One BLAS/OpenMP thread per process
 # avoids oversubscription, which makes small convolutions ~10x slower.
-TEST_ENV := COURSE_STATIC_WIDGETS=1 OMP_NUM_THREADS=1 GRADING_JOBS=$(JOBS)
+TEST_ENV := COURSE_STATIC_WIDGETS=1 COURSE_EXERCISES_REQUIRED=1 OMP_NUM_THREADS=1 GRADING_JOBS=$(JOBS)
 GRADING_TESTS := tests/test_grading_pipeline.py tests/test_redteam.py
 test: setup sandbox-deps
 	@status=0; \
@@ -63,6 +63,11 @@ test: setup sandbox-deps
 	$(TEST_ENV) $(VENV)/bin/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-cell-timeout=600 \
 	    -p no:cacheprovider $(addprefix --ignore=,$(GRADING_TESTS)) tests notebooks solutions $(PYTEST_ARGS) || status=1; \
 	exit $$status
+
+# ruff (configured in pyproject.toml): lint and format check of the .py files and the notebooks (seconds)
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # unit tests only (seconds)
 test-fast: setup

@@ -58,10 +58,14 @@ INSTRUCTOR_ONLY_NAMES: tuple[str, ...] = (
     "grades.csv",
 )
 SKIPPED_PARTS = ("__pycache__", ".ipynb_checkpoints", ".pytest_cache")
+# an exercise's answer in a chapter is short teaching code ("for _ in range(5):"): only longer lines count
+MIN_CHAPTER_SECRET_CHARS = 24
 MIN_SECRET_CHARS = 12  # a secret line has at least this many non-blank characters ("return x" is no secret)
 _IMPORT = re.compile(r"^(from\s+[\w.]+\s+)?import\s+[\w., ()]+$")
 _GRADING_IMPORT = re.compile(r"^\s*(from|import)\s+grading\b", re.M)
 COMMIT_MESSAGE = "Deep Learning for Computer Vision: the student edition"
+# a chapter cell tagged so holds the answer of a "your turn" exercise (``utils/exercises.py``): the edition drops it
+SOLUTION_TAG = "solution"
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,10 @@ def build(dest: Path, check: bool = True) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for rel, src in _edition_files().items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest / rel)
+        if _is_chapter(rel):
+            nbformat.write(without_solutions(nbformat.read(src, as_version=4)), dest / rel)
+        else:
+            shutil.copy2(src, dest / rel)
     if check:
         found = leaks(dest)
         if found:
@@ -140,6 +147,39 @@ def build(dest: Path, check: bool = True) -> Path:
     _git(dest, "add", "--all")
     _git(dest, "commit", "--quiet", "-m", COMMIT_MESSAGE)
     return dest
+
+
+def is_solution_cell(cell: dict) -> bool:
+    """A chapter exercise's answer cell: tagged :data:`SOLUTION_TAG` in its metadata."""
+    return SOLUTION_TAG in cell.get("metadata", {}).get("tags", [])
+
+
+def without_solutions(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A copy of a chapter without its exercises' solution cells (and without outputs: the edition runs it)."""
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    nb.cells = [cell for cell in nb.cells if not is_solution_cell(cell)]
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return nb
+
+
+def _is_chapter(rel: Path | str) -> bool:
+    rel = Path(rel)
+    return rel.suffix == ".ipynb" and rel.parts[0] == "notebooks"
+
+
+def _chapter_solution_lines() -> Iterator[tuple[str, str]]:
+    """(line, origin) of every line of every chapter's exercise solution cells."""
+    for rel in _listed_files(REPO, "notebooks"):
+        if _is_chapter(rel):
+            for index, cell in enumerate(nbformat.read(REPO / rel, as_version=4).cells):
+                if is_solution_cell(cell):
+                    origin = f"{rel} (cell {index}, an exercise's solution)"
+                    lines = (
+                        line for line in cell.source.split("\n") if len(normalise(line)) >= MIN_CHAPTER_SECRET_CHARS
+                    )
+                    yield from ((line, origin) for line in lines)
 
 
 # --- what must not leak ----------------------------------------------------------------------------------------
@@ -178,11 +218,16 @@ def text_lines(path: Path) -> list[str]:
 
 
 def _public_lines() -> set:
-    """Normalised lines of everything the instructor publishes anyway (chapters, releases, utils, pins)."""
+    """Normalised lines of everything the instructor publishes anyway (chapters without their exercises'
+    solutions, releases, utils, pins)."""
     public = set()
     for item in PUBLIC:
         for rel in _listed_files(REPO, item):
-            public.update(normalise(line) for line in text_lines(REPO / rel))
+            if _is_chapter(rel):
+                cells = without_solutions(nbformat.read(REPO / rel, as_version=4)).cells
+                public.update(normalise(line) for cell in cells for line in cell.source.split("\n"))
+            else:
+                public.update(normalise(line) for line in text_lines(REPO / rel))
     return public
 
 
@@ -219,11 +264,13 @@ def secret_lines() -> dict[str, str]:
     Secret are: every line inside a ``### BEGIN SOLUTION`` / ``### BEGIN HIDDEN TESTS`` region of
     ``solutions/*/*.ipynb``; every line of every other file of ``solutions/<assignment>/`` (trusted-side graders,
     data); every line of :data:`SECRET_FOLDERS` (``grading/hidden/``: the hidden tests); every text of a wrong
-    submission's manifest (``tests/submissions/*/manifest.json``). Lines that are trivial (:func:`_is_trivial`)
+    submission's manifest (``tests/submissions/*/manifest.json``); every line of a chapter's exercise solution
+    cells (:data:`SOLUTION_TAG`). Lines that are trivial (:func:`_is_trivial`)
     or that the chapters, releases or ``utils`` show anyway are no secrets."""
     found: dict[str, str] = {}
     sources = [_solution_folder_lines(folder) for folder in sorted(p for p in SOLUTIONS.iterdir() if p.is_dir())]
     sources += [_folder_lines(folder) for folder in SECRET_FOLDERS if folder.is_dir()]
+    sources.append(_chapter_solution_lines())
     if SUBMISSIONS.exists():
         sources += [_manifest_lines(p.name) for p in sorted(SUBMISSIONS.iterdir()) if p.is_dir()]
     for source in sources:
