@@ -1,6 +1,7 @@
 # Deep Learning for Computer Vision - the course's commands.
 #   make lab    set up .venv if needed, then open JupyterLab (student view) in notebooks/
 #   make test   set up .venv if needed, then run every test (utils, notebooks, assignments, grading)
+#   make book   build the chapters and the assignments' tasks as a static HTML book in book/_build/html
 # Instructor commands: make lab-instructor | release | submissions | autograde SUBMISSIONS=<dir> | student-edition DEST=<dir>
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -22,7 +23,7 @@ PYTEST_ARGS ?=
 JOBS ?= 2
 ASSIGNMENTS := $(notdir $(patsubst %/,%,$(dir $(wildcard solutions/*/*.ipynb))))
 
-.PHONY: lint sandbox-deps help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
+.PHONY: book lint sandbox-deps help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
 
 help:
 	@awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' $(firstword $(MAKEFILE_LIST))
@@ -64,6 +65,11 @@ test: setup sandbox-deps
 	    -p no:cacheprovider $(addprefix --ignore=,$(GRADING_TESTS)) tests notebooks solutions $(PYTEST_ARGS) || status=1; \
 	exit $$status
 
+# The book: every chapter executed (cached: a rebuild after a prose edit takes seconds) without its exercises'
+# solutions, and a page per assignment; publish book/_build/html on any static host (see README).
+book: setup
+	$(VENV)/bin/python book/build.py --jobs $(JOBS)
+
 # ruff (configured in pyproject.toml): lint and format check of the .py files and the notebooks (seconds)
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -101,4 +107,4 @@ student-edition: setup
 	$(VENV)/bin/python -m grading student-edition "$(DEST)"
 
 clean:
-	rm -rf autograded feedback submitted gradebook.db grades.csv test-output
+	rm -rf autograded feedback submitted gradebook.db grades.csv test-output book/_build

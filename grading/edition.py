@@ -27,6 +27,8 @@ from pathlib import Path
 
 import nbformat
 
+from utils.exercises import is_solution_cell, without_solutions
+
 from .paths import REPO, SOLUTIONS
 from .submissions import SUBMISSIONS, load_manifest, region_lines
 
@@ -38,12 +40,13 @@ COPIED: tuple[str, ...] = (
     "notebooks",
     "assignments",
     "utils",
+    "book",
     "jupyter/student",
     "requirements.txt",
     "environment.yml",
 )
 # where the material that makes the public lines public lives: a line found there is not a secret
-PUBLIC: tuple[str, ...] = ("notebooks", "assignments", "utils", "requirements.txt", "environment.yml")
+PUBLIC: tuple[str, ...] = ("notebooks", "assignments", "utils", "book", "requirements.txt", "environment.yml")
 # names that only the instructor edition may hold (files or folders, at any depth)
 INSTRUCTOR_ONLY_NAMES: tuple[str, ...] = (
     "solutions",
@@ -64,8 +67,6 @@ MIN_SECRET_CHARS = 12  # a secret line has at least this many non-blank characte
 _IMPORT = re.compile(r"^(from\s+[\w.]+\s+)?import\s+[\w., ()]+$")
 _GRADING_IMPORT = re.compile(r"^\s*(from|import)\s+grading\b", re.M)
 COMMIT_MESSAGE = "Deep Learning for Computer Vision: the student edition"
-# a chapter cell tagged so holds the answer of a "your turn" exercise (``utils/exercises.py``): the edition drops it
-SOLUTION_TAG = "solution"
 
 
 @dataclass(frozen=True)
@@ -147,21 +148,6 @@ def build(dest: Path, check: bool = True) -> Path:
     _git(dest, "add", "--all")
     _git(dest, "commit", "--quiet", "-m", COMMIT_MESSAGE)
     return dest
-
-
-def is_solution_cell(cell: dict) -> bool:
-    """A chapter exercise's answer cell: tagged :data:`SOLUTION_TAG` in its metadata."""
-    return SOLUTION_TAG in cell.get("metadata", {}).get("tags", [])
-
-
-def without_solutions(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy of a chapter without its exercises' solution cells (and without outputs: the edition runs it)."""
-    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
-    nb.cells = [cell for cell in nb.cells if not is_solution_cell(cell)]
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    return nb
 
 
 def _is_chapter(rel: Path | str) -> bool:

@@ -5,8 +5,8 @@ every secret line (solution and hidden-test regions, every other file of ``solut
 ``grading/hidden/``, the wrong-submission manifests) and for the instructor-only files by name; planted leaks
 prove that the search fires. The assignment releases run up to their stubs, with the edition's own check
 (``edition/tests/test_assignments.py``). The chapters are the instructor's own ``notebooks/`` without the cells
-tagged ``solution`` (the answers of the "your turn" exercises, ``utils/exercises.py``); a chapter that has such
-cells is run here as the student gets it, with its stubs empty, top to bottom.
+tagged ``solution`` (the answers of the "your turn" exercises, ``utils/exercises.py``); the book's test
+(``tests/browser/test_book.py``) runs every chapter in that form, with its stubs empty, top to bottom.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pytest
 
 from grading import edition
 from grading.paths import ASSIGNMENTS, REPO, SOLUTIONS, assignment_names
+from utils import exercises
 
 RELEASED = sorted(p.name for p in ASSIGNMENTS.iterdir() if p.is_dir())
 
@@ -70,9 +71,9 @@ def test_edition_holds_the_chapters_releases_utils_and_its_own_tooling(built):
         for rel in ours:
             if edition._is_chapter(rel):
                 theirs = nbformat.read(built / rel, as_version=4)
-                mine = edition.without_solutions(nbformat.read(REPO / rel, as_version=4))
+                mine = exercises.without_solutions(nbformat.read(REPO / rel, as_version=4))
                 assert theirs == mine, f"{rel} is not the instructor's chapter without its solution cells"
-                assert not any(edition.is_solution_cell(c) for c in theirs.cells), f"{rel} holds a solution cell"
+                assert not any(exercises.is_solution_cell(c) for c in theirs.cells), f"{rel} holds a solution cell"
             else:
                 assert (built / rel).read_bytes() == (REPO / rel).read_bytes(), f"{rel} differs from the instructor's"
     for rel in (
@@ -261,7 +262,7 @@ CHAPTERS_WITH_EXERCISES = sorted(
     rel.name
     for rel in edition._listed_files(REPO, "notebooks")
     if edition._is_chapter(rel)
-    and any(edition.is_solution_cell(c) for c in nbformat.read(REPO / rel, as_version=4).cells)
+    and any(exercises.is_solution_cell(c) for c in nbformat.read(REPO / rel, as_version=4).cells)
 )
 
 
@@ -273,31 +274,12 @@ def test_a_chapter_solution_cell_is_secret_and_dropped(tmp_path, secrets):
             nbformat.v4.new_code_cell("with self_check('Ex'):\n    answer(1)"),
         ]
     )
-    nb.cells[1].metadata["tags"] = [edition.SOLUTION_TAG]
-    stripped = edition.without_solutions(nb)
+    nb.cells[1].metadata["tags"] = [exercises.SOLUTION_TAG]
+    stripped = exercises.without_solutions(nb)
     assert [c.source for c in stripped.cells] == [nb.cells[0].source, nb.cells[2].source]
     for chapter in CHAPTERS_WITH_EXERCISES:
         origins = [o for o in secrets.values() if o.startswith(f"notebooks/{chapter} ")]
         assert origins, f"{chapter}: its exercises' solution cells are not secret"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", CHAPTERS_WITH_EXERCISES)
-def test_chapter_runs_top_to_bottom_with_empty_stubs(built, name, monkeypatch):
-    """Nothing after an exercise depends on the student's answer: the student's copy runs with every stub
-    unfilled, and each self-check says "not done yet"."""
-    from nbclient import NotebookClient
-
-    monkeypatch.delenv("COURSE_EXERCISES_REQUIRED", raising=False)
-    monkeypatch.setenv("COURSE_STATIC_WIDGETS", "1")
-    path = built / "notebooks" / name
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    if any("self_check(" in c.source for c in nb.cells):
-        assert "not done yet" in text, f"{name}: no self-check reported an empty stub"
-    passed = [line for line in text.splitlines() if line.startswith("✓ ") and line.endswith(": correct")]
-    assert not passed, f"{name}: a self-check passed on an empty stub: {passed}"
 
 
 def test_edition_environment_files_are_the_instructors(built):

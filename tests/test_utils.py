@@ -379,6 +379,27 @@ def test_models_shapes():
     assert sum(isinstance(m, nn.Tanh) for m in net) == 2 and sum(isinstance(m, nn.BatchNorm1d) for m in net) == 2
 
 
+def test_best_times_takes_turns_and_keeps_the_fastest_call():
+    calls, ticks = [], iter(range(1000))
+
+    def clock() -> float:
+        return float(next(ticks))
+
+    def make(name: str, cost: int):
+        def run():
+            calls.append(name)
+            for _ in range(cost):  # each cost unit advances the fake clock once
+                clock()
+
+        return run
+
+    best = utils.best_times({"slow": make("slow", 5), "fast": make("fast", 1)}, rounds=3, clock=clock)
+    assert calls == ["slow", "fast"] + ["slow", "fast"] * 3, "a warm-up call each, then the functions take turns"
+    assert best == {"slow": 6.0, "fast": 2.0}, best  # cost + 1 tick for the clock read that ends the call
+    real = utils.best_times({"sum": lambda: sum(range(20_000)), "nothing": lambda: None}, rounds=3)
+    assert real["sum"] > real["nothing"] >= 0
+
+
 def test_every_public_name_of_every_submodule_is_exported_by_the_package():
     import importlib
     import pkgutil
@@ -420,3 +441,30 @@ def test_lazy_package_exports_resolve():
         assert getattr(utils, name) is not None, name
     with pytest.raises(AttributeError):
         _ = utils.no_such_helper
+
+
+def test_mnist_train_val_loaders_split_the_training_digits_without_overlap():
+    train, val = utils.mnist_train_val_loaders(batch_size=50, train_size=300, val_size=200, seed=1)
+    x_train, y_train = utils.load_mnist("train")
+    x_test, _ = utils.load_mnist("test")
+    train_images = torch.cat([x for x, _ in train])
+    val_images, val_labels = (torch.cat(t) for t in zip(*val))
+    assert len(train_images) == 300 and len(val_images) == 200
+    # validation = the last digits of the training split, in order; training = a shuffle of the first ones
+    assert torch.equal(val_images, x_train[-200:]) and torch.equal(val_labels, y_train[-200:])
+    flat_train = train_images.flatten(1)
+    assert torch.equal(flat_train.sum(1).sort().values, x_train[:300].flatten(1).sum(1).sort().values)
+
+    # no training or validation image is a test image, and none is in both
+    def keys(images):
+        return {
+            tuple(row.nonzero().flatten()[:40].tolist()) + (round(float(row.sum()), 3),) for row in images.flatten(1)
+        }
+
+    assert not keys(train_images) & keys(val_images)
+    assert not (keys(train_images) | keys(val_images)) & keys(x_test)
+    again = torch.cat([x for x, _ in utils.mnist_train_val_loaders(50, 300, 200, seed=1)[0]])
+    other = torch.cat([x for x, _ in utils.mnist_train_val_loaders(50, 300, 200, seed=2)[0]])
+    assert torch.equal(again, train_images) and not torch.equal(other, train_images)
+    with pytest.raises(ValueError):
+        utils.mnist_train_val_loaders(train_size=3500, val_size=1000)

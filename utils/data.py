@@ -17,6 +17,7 @@ from torch import Tensor
 __all__ = [
     "load_mnist",
     "mnist_loaders",
+    "mnist_train_val_loaders",
     "load_cifar10",
     "sample_photos",
     "ShapesDataset",
@@ -285,3 +286,30 @@ def detection_collate(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Te
     (each image has its own number of objects)."""
     images, targets = zip(*batch)
     return torch.stack(images), list(targets)
+
+
+# --------------------------------------------------------------------------- MNIST with a validation split
+def mnist_train_val_loaders(
+    batch_size: int = 64,
+    train_size: int = 2000,
+    val_size: int = 1000,
+    seed: int = 0,
+) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    """Training and validation loaders, both carved from the 4,000 training digits of :func:`load_mnist`.
+
+    The first ``train_size`` digits train (shuffled, seeded by ``seed``), the last ``val_size`` validate (fixed
+    order), so the two never overlap and the 1,000 test digits stay untouched: choose hyper-parameters and compare
+    methods on this validation split, and keep the test split for one final report. The default ``val_size`` makes
+    the validation digits 3,000-3,999 for every ``train_size`` up to 3,000.
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = load_mnist("train")
+    if train_size < 1 or val_size < 1 or train_size + val_size > len(x):
+        raise ValueError(f"need 1 <= train_size, val_size and train_size + val_size <= {len(x)}")
+    generator = torch.Generator().manual_seed(seed)
+    train = DataLoader(
+        TensorDataset(x[:train_size], y[:train_size]), batch_size=batch_size, shuffle=True, generator=generator
+    )
+    val = DataLoader(TensorDataset(x[len(x) - val_size :], y[len(x) - val_size :]), batch_size=512)
+    return train, val

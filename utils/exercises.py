@@ -23,9 +23,11 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["self_check", "ExerciseNotDone", "REQUIRED_ENV"]
+__all__ = ["self_check", "ExerciseNotDone", "REQUIRED_ENV", "SOLUTION_TAG", "is_solution_cell", "without_solutions"]
 
 REQUIRED_ENV = "COURSE_EXERCISES_REQUIRED"
+# the tag (in a cell's metadata) of an exercise's solution cell: the student edition and the book drop such cells
+SOLUTION_TAG = "solution"
 
 
 class ExerciseNotDone(AssertionError):
@@ -58,3 +60,20 @@ def self_check(name: str) -> Iterator[None]:
         message = str(err) or "a check failed"
         raise AssertionError(f"✗ {name}: {message}") from None
     print(f"✓ {name}: correct")
+
+
+def is_solution_cell(cell: dict) -> bool:
+    """An exercise's answer cell: tagged :data:`SOLUTION_TAG` in its metadata."""
+    return SOLUTION_TAG in cell.get("metadata", {}).get("tags", [])
+
+
+def without_solutions(nb):
+    """A copy of a notebook (``nbformat.NotebookNode``) without its solution cells and without outputs."""
+    import copy
+
+    nb = copy.deepcopy(nb)
+    nb.cells = [cell for cell in nb.cells if not is_solution_cell(cell)]
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return nb
