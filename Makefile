@@ -1,6 +1,7 @@
 # Deep Learning for Computer Vision - the course's commands.
 #   make lab    set up .venv if needed, then open JupyterLab (student view) in notebooks/
 #   make test   set up .venv if needed, then run every test (utils, notebooks, assignments, grading)
+#   make book   build the chapters and the assignments' tasks as a static HTML book in book/_build/html
 # Instructor commands: make lab-instructor | release | submissions | autograde SUBMISSIONS=<dir> | student-edition DEST=<dir>
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -22,10 +23,10 @@ PYTEST_ARGS ?=
 JOBS ?= 2
 ASSIGNMENTS := $(notdir $(patsubst %/,%,$(dir $(wildcard solutions/*/*.ipynb))))
 
-.PHONY: sandbox-deps help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
+.PHONY: book lint sandbox-deps help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
 
 help:
-	@sed -n '2,4p' Makefile
+	@awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' $(firstword $(MAKEFILE_LIST))
 
 # (Re)install when requirements.txt or pyproject.toml changed; the stamp holds their hash.
 setup:
@@ -53,7 +54,7 @@ lab-instructor: setup
 # threads, so its clock is the grading time an instructor sees), then everything else on $(JOBS) pytest
 # workers. Both phases always run; make fails when either fails. One BLAS/OpenMP thread per process
 # avoids oversubscription, which makes small convolutions ~10x slower.
-TEST_ENV := COURSE_STATIC_WIDGETS=1 OMP_NUM_THREADS=1 GRADING_JOBS=$(JOBS)
+TEST_ENV := COURSE_STATIC_WIDGETS=1 COURSE_EXERCISES_REQUIRED=1 OMP_NUM_THREADS=1 GRADING_JOBS=$(JOBS)
 GRADING_TESTS := tests/test_grading_pipeline.py tests/test_redteam.py
 test: setup sandbox-deps
 	@status=0; \
@@ -63,6 +64,16 @@ test: setup sandbox-deps
 	$(TEST_ENV) $(VENV)/bin/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-cell-timeout=600 \
 	    -p no:cacheprovider $(addprefix --ignore=,$(GRADING_TESTS)) tests notebooks solutions $(PYTEST_ARGS) || status=1; \
 	exit $$status
+
+# The book: every chapter executed (cached: a rebuild after a prose edit takes seconds) without its exercises'
+# solutions, and a page per assignment; publish book/_build/html on any static host (see README).
+book: setup
+	$(VENV)/bin/python book/build.py --jobs $(JOBS)
+
+# ruff (configured in pyproject.toml): lint and format check of the .py files and the notebooks (seconds)
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # unit tests only (seconds)
 test-fast: setup
@@ -96,4 +107,4 @@ student-edition: setup
 	$(VENV)/bin/python -m grading student-edition "$(DEST)"
 
 clean:
-	rm -rf autograded feedback submitted gradebook.db grades.csv test-output
+	rm -rf autograded feedback submitted gradebook.db grades.csv test-output book/_build

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import nbformat
 
+from utils.exercises import is_solution_cell, without_solutions
+
 from .paths import REPO, SOLUTIONS
 from .submissions import SUBMISSIONS, load_manifest, region_lines
 
@@ -38,12 +40,13 @@ COPIED: tuple[str, ...] = (
     "notebooks",
     "assignments",
     "utils",
+    "book",
     "jupyter/student",
     "requirements.txt",
     "environment.yml",
 )
 # where the material that makes the public lines public lives: a line found there is not a secret
-PUBLIC: tuple[str, ...] = ("notebooks", "assignments", "utils", "requirements.txt", "environment.yml")
+PUBLIC: tuple[str, ...] = ("notebooks", "assignments", "utils", "book", "requirements.txt", "environment.yml")
 # names that only the instructor edition may hold (files or folders, at any depth)
 INSTRUCTOR_ONLY_NAMES: tuple[str, ...] = (
     "solutions",
@@ -58,6 +61,8 @@ INSTRUCTOR_ONLY_NAMES: tuple[str, ...] = (
     "grades.csv",
 )
 SKIPPED_PARTS = ("__pycache__", ".ipynb_checkpoints", ".pytest_cache")
+# an exercise's answer in a chapter is short teaching code ("for _ in range(5):"): only longer lines count
+MIN_CHAPTER_SECRET_CHARS = 24
 MIN_SECRET_CHARS = 12  # a secret line has at least this many non-blank characters ("return x" is no secret)
 _IMPORT = re.compile(r"^(from\s+[\w.]+\s+)?import\s+[\w., ()]+$")
 _GRADING_IMPORT = re.compile(r"^\s*(from|import)\s+grading\b", re.M)
@@ -131,7 +136,10 @@ def build(dest: Path, check: bool = True) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for rel, src in _edition_files().items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest / rel)
+        if _is_chapter(rel):
+            nbformat.write(without_solutions(nbformat.read(src, as_version=4)), dest / rel)
+        else:
+            shutil.copy2(src, dest / rel)
     if check:
         found = leaks(dest)
         if found:
@@ -140,6 +148,24 @@ def build(dest: Path, check: bool = True) -> Path:
     _git(dest, "add", "--all")
     _git(dest, "commit", "--quiet", "-m", COMMIT_MESSAGE)
     return dest
+
+
+def _is_chapter(rel: Path | str) -> bool:
+    rel = Path(rel)
+    return rel.suffix == ".ipynb" and rel.parts[0] == "notebooks"
+
+
+def _chapter_solution_lines() -> Iterator[tuple[str, str]]:
+    """(line, origin) of every line of every chapter's exercise solution cells."""
+    for rel in _listed_files(REPO, "notebooks"):
+        if _is_chapter(rel):
+            for index, cell in enumerate(nbformat.read(REPO / rel, as_version=4).cells):
+                if is_solution_cell(cell):
+                    origin = f"{rel} (cell {index}, an exercise's solution)"
+                    lines = (
+                        line for line in cell.source.split("\n") if len(normalise(line)) >= MIN_CHAPTER_SECRET_CHARS
+                    )
+                    yield from ((line, origin) for line in lines)
 
 
 # --- what must not leak ----------------------------------------------------------------------------------------
@@ -178,11 +204,16 @@ def text_lines(path: Path) -> list[str]:
 
 
 def _public_lines() -> set:
-    """Normalised lines of everything the instructor publishes anyway (chapters, releases, utils, pins)."""
+    """Normalised lines of everything the instructor publishes anyway (chapters without their exercises'
+    solutions, releases, utils, pins)."""
     public = set()
     for item in PUBLIC:
         for rel in _listed_files(REPO, item):
-            public.update(normalise(line) for line in text_lines(REPO / rel))
+            if _is_chapter(rel):
+                cells = without_solutions(nbformat.read(REPO / rel, as_version=4)).cells
+                public.update(normalise(line) for cell in cells for line in cell.source.split("\n"))
+            else:
+                public.update(normalise(line) for line in text_lines(REPO / rel))
     return public
 
 
@@ -219,11 +250,13 @@ def secret_lines() -> dict[str, str]:
     Secret are: every line inside a ``### BEGIN SOLUTION`` / ``### BEGIN HIDDEN TESTS`` region of
     ``solutions/*/*.ipynb``; every line of every other file of ``solutions/<assignment>/`` (trusted-side graders,
     data); every line of :data:`SECRET_FOLDERS` (``grading/hidden/``: the hidden tests); every text of a wrong
-    submission's manifest (``tests/submissions/*/manifest.json``). Lines that are trivial (:func:`_is_trivial`)
+    submission's manifest (``tests/submissions/*/manifest.json``); every line of a chapter's exercise solution
+    cells (:data:`SOLUTION_TAG`). Lines that are trivial (:func:`_is_trivial`)
     or that the chapters, releases or ``utils`` show anyway are no secrets."""
     found: dict[str, str] = {}
     sources = [_solution_folder_lines(folder) for folder in sorted(p for p in SOLUTIONS.iterdir() if p.is_dir())]
     sources += [_folder_lines(folder) for folder in SECRET_FOLDERS if folder.is_dir()]
+    sources.append(_chapter_solution_lines())
     if SUBMISSIONS.exists():
         sources += [_manifest_lines(p.name) for p in sorted(SUBMISSIONS.iterdir()) if p.is_dir()]
     for source in sources:

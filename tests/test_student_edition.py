@@ -4,8 +4,9 @@ One edition is built into a scratch folder for the whole module. The leak tests 
 every secret line (solution and hidden-test regions, every other file of ``solutions/<a>/``, every line of
 ``grading/hidden/``, the wrong-submission manifests) and for the instructor-only files by name; planted leaks
 prove that the search fires. The assignment releases run up to their stubs, with the edition's own check
-(``edition/tests/test_assignments.py``). The chapters are the instructor's own ``notebooks/`` (byte for byte,
-checked here), which ``make test`` already runs under nbval.
+(``edition/tests/test_assignments.py``). The chapters are the instructor's own ``notebooks/`` without the cells
+tagged ``solution`` (the answers of the "your turn" exercises, ``utils/exercises.py``); the book's test
+(``tests/browser/test_book.py``) runs every chapter in that form, with its stubs empty, top to bottom.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 
 from grading import edition
 from grading.paths import ASSIGNMENTS, REPO, SOLUTIONS, assignment_names
+from utils import exercises
 
 RELEASED = sorted(p.name for p in ASSIGNMENTS.iterdir() if p.is_dir())
 
@@ -67,7 +69,13 @@ def test_edition_holds_the_chapters_releases_utils_and_its_own_tooling(built):
         ours = {str(p) for p in edition._listed_files(REPO, folder)}
         assert ours <= files, f"{folder}: missing {sorted(ours - files)[:5]}"
         for rel in ours:
-            assert (built / rel).read_bytes() == (REPO / rel).read_bytes(), f"{rel} differs from the instructor's"
+            if edition._is_chapter(rel):
+                theirs = nbformat.read(built / rel, as_version=4)
+                mine = exercises.without_solutions(nbformat.read(REPO / rel, as_version=4))
+                assert theirs == mine, f"{rel} is not the instructor's chapter without its solution cells"
+                assert not any(exercises.is_solution_cell(c) for c in theirs.cells), f"{rel} holds a solution cell"
+            else:
+                assert (built / rel).read_bytes() == (REPO / rel).read_bytes(), f"{rel} differs from the instructor's"
     for rel in (
         "README.md",
         "Makefile",
@@ -248,6 +256,30 @@ def test_the_stub_check_accepts_only_not_implemented_and_its_consequences(built)
 def test_release_runs_up_to_its_stubs(built, name):
     check = _edition_module(built, "tests/test_assignments.py", "edition_test_assignments")
     check.test_assignment_runs_up_to_its_stubs(built / "assignments" / name / f"{name}.ipynb")
+
+
+CHAPTERS_WITH_EXERCISES = sorted(
+    rel.name
+    for rel in edition._listed_files(REPO, "notebooks")
+    if edition._is_chapter(rel)
+    and any(exercises.is_solution_cell(c) for c in nbformat.read(REPO / rel, as_version=4).cells)
+)
+
+
+def test_a_chapter_solution_cell_is_secret_and_dropped(tmp_path, secrets):
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("def answer(x):\n    raise NotImplementedError"),
+            nbformat.v4.new_code_cell("def answer(x):\n    return x.flip(0).cumsum(0) * 3"),
+            nbformat.v4.new_code_cell("with self_check('Ex'):\n    answer(1)"),
+        ]
+    )
+    nb.cells[1].metadata["tags"] = [exercises.SOLUTION_TAG]
+    stripped = exercises.without_solutions(nb)
+    assert [c.source for c in stripped.cells] == [nb.cells[0].source, nb.cells[2].source]
+    for chapter in CHAPTERS_WITH_EXERCISES:
+        origins = [o for o in secrets.values() if o.startswith(f"notebooks/{chapter} ")]
+        assert origins, f"{chapter}: its exercises' solution cells are not secret"
 
 
 def test_edition_environment_files_are_the_instructors(built):

@@ -319,7 +319,7 @@ def test_warnings_to_stdout(capfd):
         testing.warnings_to_stdout()
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            warnings.warn("harmless", UserWarning)
+            warnings.warn("harmless", UserWarning, stacklevel=1)
     finally:
         warnings.showwarning = saved
     out, err = capfd.readouterr()
@@ -379,11 +379,47 @@ def test_models_shapes():
     assert sum(isinstance(m, nn.Tanh) for m in net) == 2 and sum(isinstance(m, nn.BatchNorm1d) for m in net) == 2
 
 
+def test_every_public_name_of_every_submodule_is_exported_by_the_package():
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(utils.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"utils.{info.name}")
+        assert isinstance(module.__all__, list) and module.__all__, f"utils.{info.name} needs a literal __all__"
+        for name in module.__all__:
+            assert getattr(utils, name) is getattr(module, name), f"utils.{name} is not utils.{info.name}.{name}"
+        assert getattr(utils, info.name) is module
+
+
+def test_self_check_says_correct_not_done_or_why(capsys, monkeypatch):
+    from utils.exercises import ExerciseNotDone, self_check
+
+    monkeypatch.delenv("COURSE_EXERCISES_REQUIRED", raising=False)
+    with self_check("Ex A"):
+        assert 1 + 1 == 2
+    with self_check("Ex B"):
+        raise NotImplementedError("stub")
+    out = capsys.readouterr().out
+    assert "✓ Ex A: correct" in out and "Ex B: not done yet" in out
+    with pytest.raises(AssertionError, match=r"✗ Ex C: expected 3, got 4"):
+        with self_check("Ex C"):
+            assert 4 == 3, "expected 3, got 4"
+    with pytest.raises(ZeroDivisionError):  # a crash in the student's code keeps its own traceback
+        with self_check("Ex D"):
+            _ = 1 / 0
+    monkeypatch.setenv("COURSE_EXERCISES_REQUIRED", "1")
+    with pytest.raises(ExerciseNotDone, match="Ex E"):
+        with self_check("Ex E"):
+            raise NotImplementedError("stub")
+
+
 def test_lazy_package_exports_resolve():
     for name in utils.__all__:
         assert getattr(utils, name) is not None, name
     with pytest.raises(AttributeError):
-        utils.no_such_helper
+        _ = utils.no_such_helper
 
 
 def test_plot_layer_log_hist_covers_every_scale_and_names_the_layers():

@@ -13,43 +13,40 @@ how the course keeps a student's stray ``utils.py`` from shadowing it (see
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
+from pathlib import Path
 from typing import Any
 
 __version__ = "1.0.0"
 
-# public name -> submodule that defines it
-_EXPORTS = {
-    "data": [
-        "load_mnist",
-        "mnist_loaders",
-        "load_cifar10",
-        "sample_photos",
-        "ShapesDataset",
-        "detection_collate",
-        "SHAPE_CLASSES",
-    ],
-    "train": ["set_seed", "get_device", "fit", "evaluate", "History", "count_parameters", "count_flops"],
-    "plot": ["show_images", "plot_history", "draw_boxes", "plot_layer_stats", "record_layer_stats"],
-    "gradcheck": ["rel_error", "numeric_gradient", "gradient_report", "GradientReport"],
-    "testing": ["assert_close", "forbid", "ForbiddenFunctionError", "warnings_to_stdout"],
-    "convmath": ["conv_output_size", "conv_cost", "ConvCost"],
-    "widgets": ["interactive_or_static", "under_test"],
-    "models": ["mlp", "SmallCNN"],
-    "detection": ["coco_evaluate", "coco_matches", "COCO_STAT_NAMES"],
-}
-_LOOKUP = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_LOOKUP) + sorted(_EXPORTS)
+
+# public name -> submodule that defines it, read from each submodule's ``__all__`` without importing it
+# (importing would pull in torch), once, on the first look-up: ``import utils`` runs at every interpreter
+# start-up (``utils/_guard.py``) and stays cheap. Each submodule keeps a literal ``__all__``; a test checks.
+@functools.cache
+def _exports() -> dict[str, str]:
+    lookup: dict[str, str] = {}
+    for path in sorted(Path(__file__).parent.glob("[!_]*.py")):
+        lookup[path.stem] = path.stem
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+                lookup.update(dict.fromkeys(ast.literal_eval(node.value), path.stem))
+    return lookup
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
+    if name == "__all__":
+        return sorted(_exports())
+    module = _exports().get(name)
+    if module is None:
+        raise AttributeError(f"module 'utils' has no attribute {name!r}")
+    if module == name:
         return importlib.import_module(f"{__name__}.{name}")
-    if name in _LOOKUP:
-        module = importlib.import_module(f"{__name__}.{_LOOKUP[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'utils' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
 def __dir__() -> list[str]:
-    return __all__
+    return sorted(_exports())

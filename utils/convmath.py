@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 __all__ = ["conv_output_size", "conv_cost", "ConvCost"]
 
-IntPair = Union[int, tuple[int, int]]
+IntPair = int | tuple[int, int]
 
 
 def _pair(v: IntPair) -> tuple[int, int]:
@@ -51,7 +50,8 @@ def conv_cost(
     groups: int = 1,
     bias: bool = True,
 ) -> ConvCost:
-    """Shape, parameters, MACs and output storage of ``nn.Conv2d(in, out, kernel, stride, padding, dilation, groups, bias)``
+    """Shape, parameters, MACs and output storage of
+    ``nn.Conv2d(in, out, kernel, stride, padding, dilation, groups, bias)``
     applied to a ``Tensor[1, in_channels, H, W]``.
 
     Example (the lecture's): ``conv_cost(3, 10, 32, 5, padding=2)`` gives 760 parameters and 768,000 MACs.

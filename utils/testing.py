@@ -96,7 +96,8 @@ def assert_close(
         )
         raise AssertionError(
             f"{name}: {int(bad.sum())} of {e.numel()} elements are off (rtol={rtol:g}, atol={atol:g}); "
-            f"worst at index {index}: expected {e.reshape(-1)[flat].item():.10g}, got {g.reshape(-1)[flat].item():.10g} "
+            f"worst at index {index}: expected {e.reshape(-1)[flat].item():.10g}, "
+            f"got {g.reshape(-1)[flat].item():.10g} "
             f"({error})"
         )
 
@@ -157,7 +158,7 @@ def forbid(*paths: str) -> Iterator[None]:
     targets = [(path, *_resolve(path)) for path in paths]
     targets = [(path, owner, attr, getattr(owner, attr)) for path, owner, attr in targets]
     try:
-        for path, owner, attr, original in targets:
+        for path, owner, _attr, original in targets:
             homes = [owner] + [sys.modules[m] for m in _ALIAS_HOMES if m in sys.modules]
             for home in homes:
                 for name in dir(home):

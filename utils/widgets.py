@@ -26,6 +26,8 @@ def interactive_or_static(func: Callable[..., Any], **controls: Any) -> Any:
 
     if under_test():
         values = {name: (c.value if isinstance(c, ipywidgets.ValueWidget) else c) for name, c in controls.items()}
+        shown = ", ".join(f"{name}={value!r}" for name, value in values.items())
+        print(f"[static figure at {shown}: in JupyterLab this cell shows live controls that redraw it]")
         return func(**values)
     from IPython.display import display
 

@@ -77,7 +77,7 @@ def lab(tmp_path_factory, edition_root, make_args):
     env = {
         k: v for k, v in os.environ.items() if k not in ("COURSE_STATIC_WIDGETS", "NBGRADER_EXECUTION", "MPLBACKEND")
     }
-    args = f"--no-browser --IdentityProvider.token={TOKEN} --ServerApp.root_dir={root} --LabApp.news_url=None"
+    args = f"--no-browser --IdentityProvider.token={TOKEN} --ServerApp.root_dir={root}"
     # the server's log goes to a file: an unread pipe fills up and then blocks the server mid-request
     SHOTS.mkdir(parents=True, exist_ok=True)
     log = open(LAB_LOG, "wb")
@@ -95,9 +95,9 @@ def lab(tmp_path_factory, edition_root, make_args):
         try:
             urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=5)
             break
-        except OSError:
+        except OSError as err:
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("JupyterLab did not start:\n" + _log_tail())
+                raise RuntimeError("JupyterLab did not start:\n" + _log_tail()) from err
             time.sleep(1)
     yield base
     try:
@@ -309,6 +309,8 @@ def test_instructor_ui_is_hidden_from_students(browser, lab):
         assert "Formgrader" not in items, f"students see the formgrader: {items}"
         page.keyboard.press("Escape")
     assert page.get_by_text("Create Assignment", exact=True).count() == 0
+    time.sleep(3)  # JupyterLab asks about its news feed a moment after start-up, unless told not to
+    assert page.get_by_text("official Jupyter news").count() == 0, "the news pop-up is shown to students"
     page.close()
 
 
