@@ -468,3 +468,21 @@ def test_mnist_train_val_loaders_split_the_training_digits_without_overlap():
     assert torch.equal(again, train_images) and not torch.equal(other, train_images)
     with pytest.raises(ValueError):
         utils.mnist_train_val_loaders(train_size=3500, val_size=1000)
+
+
+def test_plot_layer_log_hist_covers_every_scale_and_names_the_layers():
+    from utils.plot import plot_layer_log_hist
+
+    layers = [torch.randn(1000) * 10.0**-k for k in range(6)]  # six layers, 1 to 1e-5
+    layers[0][:500] = 0.0  # zeros are dropped, not plotted at log10(0)
+    fig, ax = plt.subplots()
+    assert plot_layer_log_hist(layers, ax=ax) is ax
+    assert len(ax.patches) == 6, "one outline per layer"
+    low, high = ax.get_xlim()
+    smallest = min(float(v[v != 0].abs().min().log10()) for v in layers)
+    largest = max(float(v.abs().max().log10()) for v in layers)
+    assert low <= smallest and high >= largest, "the x range hides no value"
+    assert len(fig.axes) == 2, "a colourbar names the layers"
+    colours = {p.get_edgecolor() for p in ax.patches}
+    assert len(colours) == 6, "each layer has its own colour"
+    plt.close(fig)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["show_images", "plot_history", "draw_boxes", "plot_layer_stats", "record_layer_stats"]
+__all__ = ["show_images", "plot_history", "draw_boxes", "plot_layer_stats", "record_layer_stats", "plot_layer_log_hist"]
 
 
 def _axes(ax, figsize=(6, 4)):
@@ -228,6 +228,51 @@ def plot_layer_stats(
     ax.set_ylabel("density")
     if len(flat) <= 12:
         ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_layer_log_hist(
+    values: Sequence[Tensor],
+    ax=None,
+    bins: int = 60,
+    title: str | None = None,
+    xlabel: str = "log10 |value|",
+    colorbar: bool = True,
+):
+    """Per-layer histograms of ``log10 |v|``, for layers whose scales differ by orders of magnitude.
+
+    One outline per layer, coloured from the first (dark) to the last (light) layer, with a colourbar that
+    names the layer. Exact zeros (half of every ReLU output) have no logarithm: they are left out (the y axis
+    says "non-zero values"). The x range covers every non-zero value of every layer.
+
+    Args:
+        values: one tensor per layer (any shape; flattened).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    ax = _axes(ax)
+    logs = []
+    for v in values:
+        flat = torch.as_tensor(v).detach().double().flatten().cpu().abs()
+        logs.append(torch.log10(flat[flat > 0]).numpy())
+    filled = [lv for lv in logs if lv.size]
+    low = min((float(lv.min()) for lv in filled), default=-1.0)
+    high = max((float(lv.max()) for lv in filled), default=1.0)
+    if high - low < 1e-9:
+        low, high = low - 0.5, high + 0.5
+    cmap = plt.get_cmap("viridis")
+    norm = Normalize(vmin=1, vmax=max(len(logs), 2))
+    for i, lv in enumerate(logs):
+        if lv.size:
+            ax.hist(lv, bins=bins, range=(low, high), histtype="step", density=True, lw=1.2, color=cmap(norm(i + 1)))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density (non-zero values)")
+    if colorbar:
+        ax.figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="layer")
     if title:
         ax.set_title(title)
     return ax
