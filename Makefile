@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 JOBS ?= 2
 ASSIGNMENTS := $(notdir $(patsubst %/,%,$(dir $(wildcard solutions/*/*.ipynb))))
 
-.PHONY: sandbox-deps help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
+.PHONY: sandbox-deps postgres-deps postgres postgres-stop help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
 
 help:
 	@sed -n '2,4p' Makefile
@@ -81,6 +81,20 @@ submissions: setup
 autograde: setup sandbox-deps
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make autograde SUBMISSIONS=<dir> [JOBS=n]"; exit 2; }
 	$(VENV)/bin/python -m grading autograde "$(SUBMISSIONS)" --jobs $(JOBS)
+
+# The PostgreSQL gradebook server: Debian's postgresql, one cluster in .postgres/ (python -m grading.postgres).
+postgres-deps:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        (apt-get install -y -qq postgresql || (apt-get update -qq && apt-get install -y -qq postgresql)) >/dev/null; \
+	    else echo "install PostgreSQL (Debian/Ubuntu: sudo apt-get install postgresql) for DB=postgres"; exit 1; fi; }
+
+# Start (initdb the first time) the course's PostgreSQL server; postgres-stop stops it.
+postgres: setup postgres-deps
+	$(VENV)/bin/python -m grading.postgres start
+
+postgres-stop: setup
+	$(VENV)/bin/python -m grading.postgres stop
 
 # The sandbox of graded kernels: Debian's bubblewrap (setpriv and prlimit come with util-linux).
 sandbox-deps:
