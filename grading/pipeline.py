@@ -264,12 +264,19 @@ def _worker_init(root: str, inbox: str, log: str) -> None:
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
 
+    stderr = os.dup(2)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)  # nbgrader's and the kernels' chatter goes to the run's log, not over the progress bar
     os.dup2(fd, 2)
-    os.chdir(root)
-    config = course_config(Path(root), Path(inbox))
-    _WORKER["api"] = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+    try:
+        os.chdir(root)
+        config = course_config(Path(root), Path(inbox))
+        _WORKER["api"] = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+    except BaseException:
+        import traceback
+
+        os.write(stderr, f"a grading worker could not start:\n{traceback.format_exc()}".encode())
+        raise
 
 
 def _worker_grade(assignment: str, student: str) -> dict:
