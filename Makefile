@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 JOBS ?= 2
 ASSIGNMENTS := $(notdir $(patsubst %/,%,$(dir $(wildcard solutions/*/*.ipynb))))
 
-.PHONY: book lint sandbox-deps help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
+.PHONY: book lint sandbox-deps postgres-deps postgres postgres-stop benchmark help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
 
 help:
 	@awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' $(firstword $(MAKEFILE_LIST))
@@ -89,9 +89,32 @@ submissions: setup
 
 # Autograde a folder laid out as <student>/<assignment>/*.ipynb in sandboxed kernels on JOBS workers;
 # write autograded/, feedback/, grades.csv, ungradable.csv and review.csv. Needs bubblewrap (sandbox-deps).
-autograde: setup sandbox-deps
-	@test -n "$(SUBMISSIONS)" || { echo "usage: make autograde SUBMISSIONS=<dir> [JOBS=n]"; exit 2; }
-	$(VENV)/bin/python -m grading autograde "$(SUBMISSIONS)" --jobs $(JOBS)
+# DB=postgres: the gradebook on the course's PostgreSQL server (started if needed), for many writers;
+# the default is the one-person sqlite gradebook.db.
+DB ?= sqlite
+autograde: setup sandbox-deps $(if $(filter postgres,$(DB)),postgres)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make autograde SUBMISSIONS=<dir> [JOBS=n] [DB=postgres]"; exit 2; }
+	DLCV_GRADEBOOK=$(DB) $(VENV)/bin/python -m grading autograde "$(SUBMISSIONS)" --jobs $(JOBS)
+
+# Seconds for a class of one assignment on 1 and 2 workers (PostgreSQL), the speed-up -> BENCHMARKS.md.
+# BENCH_ARGS="--class-size 12" for a quick check.
+BENCH_ARGS ?=
+benchmark: setup sandbox-deps postgres-deps
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m grading.benchmark $(BENCH_ARGS)
+
+# The PostgreSQL gradebook server: Debian's postgresql, one cluster in .postgres/ (python -m grading.postgres).
+postgres-deps:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        (apt-get install -y -qq postgresql || (apt-get update -qq && apt-get install -y -qq postgresql)) >/dev/null; \
+	    else echo "install PostgreSQL (Debian/Ubuntu: sudo apt-get install postgresql) for DB=postgres"; exit 1; fi; }
+
+# Start (initdb the first time) the course's PostgreSQL server; postgres-stop stops it.
+postgres: setup postgres-deps
+	$(VENV)/bin/python -m grading.postgres start
+
+postgres-stop: setup
+	$(VENV)/bin/python -m grading.postgres stop
 
 # The sandbox of graded kernels: Debian's bubblewrap (setpriv and prlimit come with util-linux).
 sandbox-deps:

@@ -4,9 +4,9 @@ Layout: solutions/<assignment>/<assignment>.ipynb is the instructor *source*; `m
 writes the student version to assignments/<assignment>/. Submissions, autograded notebooks and
 feedback live in submitted/, autograded/ and feedback/ (git-ignored).
 
-Gradebook: sqlite file gradebook.db at the repo root by default. For a shared PostgreSQL server set
-    export NBGRADER_DB_URL=postgresql://user:password@host:5432/dlcv
-(needs `pip install psycopg2-binary` in .venv).
+Gradebook: sqlite file gradebook.db at the repo root by default (one person). DLCV_GRADEBOOK=postgres
+(`make autograde DB=postgres`) uses the course's own PostgreSQL server (`python -m grading.postgres start`,
+database = the course id); any other server: export NBGRADER_DB_URL=postgresql://user:password@host:5432/dlcv
 """
 
 import os
@@ -23,6 +23,13 @@ c.CourseDirectory.submitted_directory = "submitted"
 c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
 c.CourseDirectory.db_url = os.environ.get("NBGRADER_DB_URL", "sqlite:///" + os.path.join(_here, "gradebook.db"))
+if os.environ.get("NBGRADER_DB_URL_FILE"):  # a mounted secret (deploy/k8s): the URL stays out of the environment
+    with open(os.environ["NBGRADER_DB_URL_FILE"]) as _f:
+        c.CourseDirectory.db_url = _f.read().strip()
+elif os.environ.get("DLCV_GRADEBOOK") == "postgres" and "NBGRADER_DB_URL" not in os.environ:
+    from grading import postgres as _postgres  # the password is read from .postgres/, never from the environment
+
+    c.CourseDirectory.db_url = _postgres.url(c.CourseDirectory.course_id)
 # files that never go to students
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.csv"]
 
