@@ -78,6 +78,7 @@ class Hub:
     password: str = ""  # the try-out authenticator's shared password (DummyAuthenticator)
     operator_token: str = ""  # an API token for the hub's REST API with admin:users, admin:servers, tokens
     port: int = 8000
+    python: str = ""  # the interpreter every user's server runs (see :func:`users_python`)
 
     @property
     def state(self) -> Path:
@@ -184,6 +185,64 @@ def lock_instructor_files(repo: Path = REPO, group: str = INSTRUCTOR_GROUP) -> l
     return locked
 
 
+def _runs_as_nobody(python: Path) -> bool:
+    probe = ["runuser", "-u", "nobody", "--", str(python), "-c", "import jupyterhub, nbgrader, utils"]
+    return subprocess.run(probe, capture_output=True, cwd="/").returncode == 0
+
+
+def users_python(hub: Hub) -> Path:
+    """The interpreter of every user's server: this checkout's ``.venv``, when other users can run it. A venv
+    made from an interpreter they cannot reach (pyenv under ``/root``, mode 0700) gets a stand-in: a venv in
+    ``ROOT/python`` on the system's interpreter of the same minor version whose ``site-packages`` is a link
+    to the ``.venv``'s (the same packages, compiled for the same ABI; nothing installed twice)."""
+    venv_python = Path(sys.prefix) / "bin" / "python"
+    if _runs_as_nobody(venv_python):
+        return venv_python
+    minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    system = next((Path(d) / minor for d in ("/usr/bin", "/usr/local/bin") if (Path(d) / minor).exists()), None)
+    if system is None:
+        raise SystemExit(f"the .venv's interpreter is not usable by other users and there is no /usr/bin/{minor}")
+    shim = hub.root / "python"
+    shutil.rmtree(shim, ignore_errors=True)
+    (shim / "bin").mkdir(parents=True)
+    (shim / "lib" / minor).mkdir(parents=True)
+    (shim / "bin" / "python").symlink_to(system)
+    for shared in ("etc", "share"):  # Jupyter's config (enabled server extensions) and data (lab extensions)
+        if (Path(sys.prefix) / shared).exists():
+            (shim / shared).symlink_to(Path(sys.prefix) / shared)
+    (shim / "lib" / minor / "site-packages").symlink_to(Path(sysconfig_purelib()))
+    version = subprocess.run(
+        [str(system), "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (shim / "pyvenv.cfg").write_text(
+        f"home = {system.parent}\ninclude-system-site-packages = false\nversion = {version}\n"
+    )
+    # the commands nbgrader and Jupyter call by name
+    for command, module in (
+        ("alembic", "alembic.config"),
+        ("jupyter", "jupyter_core.command"),
+        ("nbgrader", "nbgrader.apps.nbgraderapp"),
+    ):
+        script = shim / "bin" / command
+        script.write_text(f"#!{shim / 'bin' / 'python'}\nimport sys\nfrom {module} import main\nsys.exit(main())\n")
+        script.chmod(0o755)
+    for p in [shim, *shim.rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, 0o755 if p.is_dir() or p.parent.name == "bin" else 0o644)
+    if not _runs_as_nobody(shim / "bin" / "python"):
+        raise SystemExit(f"{shim / 'bin' / 'python'} cannot import the course's packages as another user")
+    return shim / "bin" / "python"
+
+
+def sysconfig_purelib() -> str:
+    import sysconfig
+
+    return sysconfig.get_paths()["purelib"]
+
+
 def _student_nbgrader_config(hub: Hub) -> str:
     return "\n".join(
         [
@@ -255,6 +314,7 @@ def setup(hub: Hub) -> Hub:
     (hub.student_config / "nbgrader_config.py").write_text(_student_nbgrader_config(hub))
     os.chmod(hub.student_config / "nbgrader_config.py", 0o644)
 
+    hub.python = str(users_python(hub))
     lock_instructor_files()
     for name in hub.instructors:
         entry = ensure_user(name, hub.home_base, groups=(INSTRUCTOR_GROUP,))

@@ -38,9 +38,10 @@ from pathlib import Path
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
 REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 ROOT = Path(os.environ.get("DLCV_HUB_ROOT", "/srv/dlcv-hub"))
 HUB = json.loads((ROOT / "state" / "hub.json").read_text())
+# the interpreter of every user's server: the .venv's, or its stand-in (grading.hub.users_python)
+PYTHON = Path(HUB.get("python") or sys.executable)
 INSTRUCTORS = set(HUB["instructors"])
 STUDENTS = set(HUB["students"])
 
@@ -81,7 +82,7 @@ c.JupyterHub.load_groups = {"instructors": {"users": sorted(INSTRUCTORS)}, "stud
 
 # --- single-user servers: real unix accounts, this checkout's .venv, per-role Jupyter settings
 c.JupyterHub.spawner_class = "localprocess"
-c.Spawner.cmd = [str(VENV_BIN / "jupyterhub-singleuser")]
+c.Spawner.cmd = [str(PYTHON), "-m", "jupyterhub.singleuser"]
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
@@ -93,7 +94,7 @@ def _per_role(spawner) -> None:
     """Settings by role: students see only the Assignments panel of nbgrader; instructors the formgrader."""
     name = spawner.user.name
     env = {
-        "PATH": f"{VENV_BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
+        "PATH": f"{PYTHON.parent}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         "PYTHONDONTWRITEBYTECODE": "1",
         "MPLBACKEND": "Agg",

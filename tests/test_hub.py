@@ -20,6 +20,7 @@ Needs root (it creates unix accounts; CI runs as root), Debian's postgresql and 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -33,6 +34,8 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -183,29 +186,60 @@ def _notebooks() -> dict[str, tuple[str, nbformat.NotebookNode]]:
     return {f"s{k:02d}": kind for k, kind in enumerate(kinds)}
 
 
-@pytest.fixture(scope="module")
-def hub_class():
+@dataclass
+class RunningHub:
+    """A hub of its own (accounts, PostgreSQL, JupyterHub) for one test module; see :func:`running_hub`."""
+
+    hub: hubmod.Hub
+    base: str
+    operator: Client
+    db_url: str
+    pg_home: Path
+    prefix: str
+
+    @property
+    def instructor(self) -> str:
+        return self.hub.instructors[0]
+
+    def client(self, name: str) -> Client:
+        """A new API token of ``name`` (the operator may issue them), as that user's client."""
+        r = self.operator.hub("POST", f"/users/{name}/tokens", json={"note": "test_hub", "expires_in": 3600})
+        assert r.status_code in (200, 201), f"token for {name}: {r.status_code} {r.text}"
+        return Client(self.base, name, r.json()["token"])
+
+    def spawn(self, clients: list[Client], timeout: float = 600) -> None:
+        """Start every client's server (each with its own token, in parallel) and wait until all are ready."""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            for c, r in zip(clients, pool.map(lambda c: c.hub("POST", f"/users/{c.name}/server"), clients)):
+                assert r.status_code in (201, 202), f"spawn {c.name}: {r.status_code} {r.text}"
+        names = {c.name for c in clients}
+
+        def all_ready():
+            users = self.operator.hub("GET", "/users", params={"state": "ready"}).json()
+            return names <= {u["name"] for u in users}
+
+        _wait(all_ready, timeout, "not every single-user server started", every=1)
+
+
+@contextlib.contextmanager
+def running_hub(n_students: int, out: Path) -> Iterator[RunningHub]:
+    """A whole hub as ``make hub`` sets it up, with throw-away accounts ``<prefix>i`` (the instructor) and
+    ``<prefix>s00`` ...; its own PostgreSQL cluster, folders and ports; everything removed afterwards."""
     if os.geteuid() != 0:
         pytest.skip("the hub test creates unix accounts: run it as root (CI and .ci/run do)")
     if not PROXY.exists():
         pytest.fail("configurable-http-proxy is missing: make hub-deps")
-    OUT.mkdir(parents=True, exist_ok=True)
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out.mkdir(parents=True, exist_ok=True)
     # not pytest's tmp_path (0700 root): the students and the postgres user must traverse it
     root = Path(tempfile.mkdtemp(prefix="dlcv-hub-test-", dir="/tmp"))
     os.chmod(root, 0o755)
     (root / "home").mkdir(mode=0o755)
     prefix = "t" + secrets.token_hex(2)  # unix names of this run only
-    plan = _notebooks()
-    students = [f"{prefix}{k}" for k in plan]
+    students = [f"{prefix}s{k:02d}" for k in range(n_students)]
     instructor = f"{prefix}i"
     pg_home = root / "pg"
     hub_proc = None
-    log = open(OUT / "jupyterhub.log", "w")
-    protected = [REPO / "solutions", REPO / "grading", REPO / "assignments", REPO / "utils"]
-    before = _tree_hash(*protected)
+    log = open(out / "jupyterhub.log", "w")
     try:
         db_url = postgres.start(courses=("dlcv",), home=pg_home)
         hub = hubmod.Hub(
@@ -217,7 +251,6 @@ def hub_class():
             port=_free_port(),
         )
         hubmod.setup(hub)
-        times["setup (accounts, edition, exchange, PostgreSQL)"] = time.perf_counter() - t0
         cmd, env = hubmod.jupyterhub_command(hub)
         env.update(
             DLCV_HUB_PORT=str(hub.port),
@@ -233,28 +266,45 @@ def hub_class():
             try:
                 return operator.hub("GET", "/").status_code == 200
             except requests.ConnectionError:
-                assert hub_proc.poll() is None, f"JupyterHub exited: {(OUT / 'jupyterhub.log').read_text()[-3000:]}"
+                assert hub_proc.poll() is None, f"JupyterHub exited: {(out / 'jupyterhub.log').read_text()[-3000:]}"
                 return False
 
-        _wait(hub_up, 90, "JupyterHub did not come up")
-        clients = {}
+        _wait(hub_up, 120, "JupyterHub did not come up")
+        yield RunningHub(hub, base, operator, db_url, pg_home, prefix)
+    finally:
+        if hub_proc is not None:
+            hub_proc.send_signal(signal.SIGTERM)  # JupyterHub stops every server and the proxy it started
+            try:
+                hub_proc.wait(60)
+            except subprocess.TimeoutExpired:
+                hub_proc.kill()
+                hub_proc.wait()
+        log.close()
         for name in [instructor, *students]:
-            r = operator.hub("POST", f"/users/{name}/tokens", json={"note": "test_hub", "expires_in": 3600})
-            assert r.status_code in (200, 201), f"token for {name}: {r.status_code} {r.text}"
-            clients[name] = Client(base, name, r.json()["token"])
+            hubmod.remove_user(name)
+        postgres.stop(pg_home)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hub_class():
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    plan = _notebooks()
+    protected = [REPO / "solutions", REPO / "grading", REPO / "assignments", REPO / "utils"]
+    before = _tree_hash(*protected)
+    with running_hub(len(plan), OUT) as running:
+        hub, prefix, instructor = running.hub, running.prefix, running.instructor
+        students = hub.students
+        plan = {f"{prefix}{k}": v for k, v in plan.items()}
+        times["setup (accounts, edition, exchange, PostgreSQL, hub)"] = time.perf_counter() - t0
+        clients = {name: running.client(name) for name in [instructor, *students]}
         t = time.perf_counter()
-        for c in clients.values():
-            r = c.hub("POST", f"/users/{c.name}/server")
-            assert r.status_code in (201, 202), f"spawn {c.name}: {r.status_code} {r.text}"
-
-        def all_ready():
-            users = operator.hub("GET", "/users", params={"state": "ready"}).json()
-            return len({u["name"] for u in users} & set(clients)) == len(clients)
-
-        _wait(all_ready, 300, "not every single-user server started", every=1)
+        running.spawn(list(clients.values()))
         times["spawn servers"] = time.perf_counter() - t
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
         teacher = clients[instructor]
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=6)
 
         t = time.perf_counter()
         teacher.formgrader("assign")
@@ -265,13 +315,13 @@ def hub_class():
             fetched[s] = clients[s].ok_json("GET", f"api/contents/{ASSIGNMENT}/{ASSIGNMENT}.ipynb")["content"]
 
         def hand_in(s: str) -> None:
-            _, nb = plan[s[len(prefix) :]]
+            _, nb = plan[s]
             model = {"type": "notebook", "format": "json", "content": json.loads(nbformat.writes(nb))}
             r = clients[s].server("PUT", f"api/contents/{ASSIGNMENT}/{ASSIGNMENT}.ipynb", json=model)
             assert r.status_code == 200, f"{s}: save: {r.status_code} {r.text[:500]}"
             clients[s].assignments("submit")
 
-        hostile = next(s for s in students if plan[s[len(prefix) :]][0] == "hostile")
+        hostile = next(s for s in students if plan[s][0] == "hostile")
         # the hostile student also runs the attack in their own (unsandboxed) kernel on the hub
         attack_output = clients[hostile].run(_redteam().ATTACKS[HOSTILE_ATTACK].replace("{a}", ASSIGNMENT))
         list(pool.map(hand_in, students))
@@ -299,17 +349,16 @@ def hub_class():
             feedback[s] = r.json() if r.status_code == 200 else None
         times["feedback"] = time.perf_counter() - t
 
-        scores = pipeline.read_scores(db_url, ASSIGNMENT, ASSIGNMENT)
+        scores = pipeline.read_scores(running.db_url, ASSIGNMENT, ASSIGNMENT)
         yield {
             "plan": plan,
             "prefix": prefix,
             "students": students,
             "instructor": instructor,
             "clients": clients,
-            "operator": operator,
             "hub": hub,
-            "db_url": db_url,
-            "pg_home": pg_home,
+            "db_url": running.db_url,
+            "pg_home": running.pg_home,
             "listings": listings,
             "fetched": fetched,
             "feedback": feedback,
@@ -320,31 +369,17 @@ def hub_class():
             "hash_before": before,
             "protected": protected,
             "course": course,
-            "root": root,
         }
-    finally:
         t = time.perf_counter()
-        if hub_proc is not None:
-            hub_proc.send_signal(signal.SIGTERM)  # JupyterHub stops every server and the proxy it started
-            try:
-                hub_proc.wait(60)
-            except subprocess.TimeoutExpired:
-                hub_proc.kill()
-                hub_proc.wait()
-        log.close()
-        for name in [instructor, *students]:
-            hubmod.remove_user(name)
-        postgres.stop(pg_home)
-        shutil.rmtree(root, ignore_errors=True)
-        times["teardown"] = time.perf_counter() - t
-        times["total wall"] = time.perf_counter() - t0
-        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        times["total CPU of child processes (user+sys)"] = (ru.ru_utime - ru0.ru_utime) + (ru.ru_stime - ru0.ru_stime)
-        (OUT / "times.json").write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2) + "\n")
+    times["teardown"] = time.perf_counter() - t
+    times["total wall"] = time.perf_counter() - t0
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    times["total CPU of child processes (user+sys)"] = (ru.ru_utime - ru0.ru_utime) + (ru.ru_stime - ru0.ru_stime)
+    (OUT / "times.json").write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=2) + "\n")
 
 
 def _kind(hub_class, student: str) -> str:
-    return hub_class["plan"][student[len(hub_class["prefix"]) :]][0]
+    return hub_class["plan"][student][0]
 
 
 def test_every_student_fetched_the_release(hub_class):
@@ -382,7 +417,7 @@ def test_the_scores_equal_a_grading_of_the_same_notebooks_outside_the_hub(hub_cl
     for s in hub_class["students"]:
         kinds.setdefault(_kind(hub_class, s), s)
     for kind, s in kinds.items():
-        course.submit(kind, ASSIGNMENT, hub_class["plan"][s[len(hub_class["prefix"]) :]][1])
+        course.submit(kind, ASSIGNMENT, hub_class["plan"][s][1])
     course.autograde(ASSIGNMENT)
     reference = course.scores(ASSIGNMENT)
     for s in hub_class["students"]:
