@@ -191,34 +191,46 @@ def _runs_as_nobody(python: Path) -> bool:
 
 
 def users_python(hub: Hub) -> Path:
-    """The interpreter of every user's server: this checkout's ``.venv``, when other users can run it. A venv
-    made from an interpreter they cannot reach (pyenv under ``/root``, mode 0700) gets a stand-in: a venv in
-    ``ROOT/python`` on the system's interpreter of the same minor version whose ``site-packages`` is a link
-    to the ``.venv``'s (the same packages, compiled for the same ABI; nothing installed twice)."""
+    """The interpreter of every user's server: this checkout's ``.venv``, when other users can run it.
+
+    A venv made from an interpreter they cannot reach (pyenv under ``/root``, mode 0700) gets a stand-in in
+    ``ROOT/python``: a venv whose ``site-packages`` is a link to the ``.venv``'s (nothing installed twice), on a
+    hard-linked copy of that same base interpreter in ``ROOT/python-base`` whose executable finds its
+    ``libpython`` next to it (``patchelf``; Debian's package, installed when missing). The same interpreter,
+    not the system's: the packages were installed, and are tested, on it."""
     venv_python = Path(sys.prefix) / "bin" / "python"
     if _runs_as_nobody(venv_python):
         return venv_python
     minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    system = next((Path(d) / minor for d in ("/usr/bin", "/usr/local/bin") if (Path(d) / minor).exists()), None)
-    if system is None:
-        raise SystemExit(f"the .venv's interpreter is not usable by other users and there is no /usr/bin/{minor}")
-    shim = hub.root / "python"
-    shutil.rmtree(shim, ignore_errors=True)
+    source = Path(sys.base_prefix)
+    base, shim = hub.root / "python-base", hub.root / "python"
+    for folder in (base, shim):
+        shutil.rmtree(folder, ignore_errors=True)
+    _run("cp", "-al", str(source), str(base))  # hard links: seconds, no space
+    shutil.rmtree(base / "lib" / minor / "site-packages")
+    (base / "lib" / minor / "site-packages").mkdir()
+    executable = base / "bin" / minor
+    executable.unlink()
+    shutil.copy2(source / "bin" / minor, executable)  # a copy of its own: patchelf rewrites it
+    if not shutil.which("patchelf"):
+        if shutil.which("apt-get"):
+            subprocess.run(["apt-get", "install", "-y", "-qq", "patchelf"], capture_output=True)
+        if not shutil.which("patchelf"):
+            raise SystemExit(f"{venv_python} is not usable by other users; install patchelf for its stand-in")
+    _run("patchelf", "--set-rpath", "$ORIGIN/../lib", str(executable))
+    for p in [base, *base.rglob("*")]:
+        if p.is_dir() and not p.is_symlink():
+            os.chmod(p, 0o755)
     (shim / "bin").mkdir(parents=True)
     (shim / "lib" / minor).mkdir(parents=True)
-    (shim / "bin" / "python").symlink_to(system)
+    (shim / "bin" / "python").symlink_to(executable)
+    (shim / "lib" / minor / "site-packages").symlink_to(Path(sysconfig_purelib()))
     for shared in ("etc", "share"):  # Jupyter's config (enabled server extensions) and data (lab extensions)
         if (Path(sys.prefix) / shared).exists():
             (shim / shared).symlink_to(Path(sys.prefix) / shared)
-    (shim / "lib" / minor / "site-packages").symlink_to(Path(sysconfig_purelib()))
-    version = subprocess.run(
-        [str(system), "-c", "import platform; print(platform.python_version())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    version = ".".join(map(str, sys.version_info[:3]))
     (shim / "pyvenv.cfg").write_text(
-        f"home = {system.parent}\ninclude-system-site-packages = false\nversion = {version}\n"
+        f"home = {executable.parent}\ninclude-system-site-packages = false\nversion = {version}\n"
     )
     # the commands nbgrader and Jupyter call by name
     for command, module in (
@@ -230,8 +242,8 @@ def users_python(hub: Hub) -> Path:
         script.write_text(f"#!{shim / 'bin' / 'python'}\nimport sys\nfrom {module} import main\nsys.exit(main())\n")
         script.chmod(0o755)
     for p in [shim, *shim.rglob("*")]:
-        if not p.is_symlink():
-            os.chmod(p, 0o755 if p.is_dir() or p.parent.name == "bin" else 0o644)
+        if p.is_dir() and not p.is_symlink():
+            os.chmod(p, 0o755)
     if not _runs_as_nobody(shim / "bin" / "python"):
         raise SystemExit(f"{shim / 'bin' / 'python'} cannot import the course's packages as another user")
     return shim / "bin" / "python"
