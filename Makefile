@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 JOBS ?= 2
 ASSIGNMENTS := $(notdir $(patsubst %/,%,$(dir $(wildcard solutions/*/*.ipynb))))
 
-.PHONY: hub hub-deps sandbox-deps postgres-deps postgres postgres-stop help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
+.PHONY: hub hub-deps sandbox-deps postgres-deps postgres postgres-stop benchmark help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
 
 help:
 	@sed -n '2,5p' Makefile
@@ -79,9 +79,18 @@ submissions: setup
 
 # Autograde a folder laid out as <student>/<assignment>/*.ipynb in sandboxed kernels on JOBS workers;
 # write autograded/, feedback/, grades.csv, ungradable.csv and review.csv. Needs bubblewrap (sandbox-deps).
-autograde: setup sandbox-deps
-	@test -n "$(SUBMISSIONS)" || { echo "usage: make autograde SUBMISSIONS=<dir> [JOBS=n]"; exit 2; }
-	$(VENV)/bin/python -m grading autograde "$(SUBMISSIONS)" --jobs $(JOBS)
+# DB=postgres: the gradebook on the course's PostgreSQL server (started if needed), for many writers;
+# the default is the one-person sqlite gradebook.db.
+DB ?= sqlite
+autograde: setup sandbox-deps $(if $(filter postgres,$(DB)),postgres)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make autograde SUBMISSIONS=<dir> [JOBS=n] [DB=postgres]"; exit 2; }
+	DLCV_GRADEBOOK=$(DB) $(VENV)/bin/python -m grading autograde "$(SUBMISSIONS)" --jobs $(JOBS)
+
+# Seconds for a class of one assignment on 1 and 2 workers (PostgreSQL), the speed-up -> BENCHMARKS.md.
+# BENCH_ARGS="--class-size 12" for a quick check.
+BENCH_ARGS ?=
+benchmark: setup sandbox-deps postgres-deps
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m grading.benchmark $(BENCH_ARGS)
 
 # The PostgreSQL gradebook server: Debian's postgresql, one cluster in .postgres/ (python -m grading.postgres).
 postgres-deps:

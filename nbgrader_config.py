@@ -23,7 +23,10 @@ c.CourseDirectory.submitted_directory = "submitted"
 c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
 c.CourseDirectory.db_url = os.environ.get("NBGRADER_DB_URL", "sqlite:///" + os.path.join(_here, "gradebook.db"))
-if os.environ.get("DLCV_GRADEBOOK") == "postgres" and "NBGRADER_DB_URL" not in os.environ:
+if os.environ.get("NBGRADER_DB_URL_FILE"):  # a mounted secret (deploy/k8s): the URL stays out of the environment
+    with open(os.environ["NBGRADER_DB_URL_FILE"]) as _f:
+        c.CourseDirectory.db_url = _f.read().strip()
+elif os.environ.get("DLCV_GRADEBOOK") == "postgres" and "NBGRADER_DB_URL" not in os.environ:
     from grading import postgres as _postgres  # the password is read from .postgres/, never from the environment
 
     c.CourseDirectory.db_url = _postgres.url(c.CourseDirectory.course_id)

@@ -2,7 +2,8 @@
 
 python -m grading release [ASSIGNMENT ...]       regenerate assignments/ from solutions/
 python -m grading submissions [ASSIGNMENT ...]   rebuild tests/submissions/<a>/<bug>.ipynb from manifest.json
-python -m grading autograde DIR                  grade DIR/<student>/<assignment>/*.ipynb (make autograde)
+python -m grading autograde DIR [--jobs n] [--shard K/N]
+                                                 grade DIR/<student>/<assignment>/*.ipynb (make autograde)
 python -m grading check ASSIGNMENT [--keep DIR]  grade the solution, the blank release and every wrong
                                                  submission in a scratch course; print who lost what
 python -m grading student-edition DEST           write the student edition (a new git repository) into DEST
@@ -61,7 +62,8 @@ def main() -> int:
     p = sub.add_parser("autograde")
     p.add_argument("folder")
     p.add_argument("--root", default=str(REPO), help="course folder (default: the repo)")
-    p.add_argument("--jobs", type=int, default=1, help="nbgrader processes grading at once")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes grading at once")
+    p.add_argument("--shard", default="0/1", help="K/N: grade the K-th of N parts (N machines, one gradebook)")
     p = sub.add_parser("check")
     p.add_argument("assignment")
     p.add_argument("--keep", help="course folder to use (kept afterwards)")
@@ -76,7 +78,9 @@ def main() -> int:
             for path in submissions.write_wrong_submissions(a):
                 print(f"wrote {path}")
     elif args.command == "autograde":
-        pipeline.autograde_folder(Path(args.folder), Path(args.root), jobs=args.jobs)
+        pipeline.autograde_folder(
+            Path(args.folder), Path(args.root), jobs=args.jobs, shard=pipeline.parse_shard(args.shard)
+        )
     elif args.command == "check":
         return check(args.assignment, args.keep)
     elif args.command == "student-edition":

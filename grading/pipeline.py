@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,9 +74,11 @@ class Course:
     Args:
         root: an empty or new folder.
         cell_timeout: overrides ``Execute.timeout`` (seconds per cell).
+        db_url: its gradebook (default: ``gradebook.db`` in ``root``), e.g. a database of the course's
+            PostgreSQL server (:func:`grading.postgres.url`).
     """
 
-    def __init__(self, root: Path, cell_timeout: int | None = None) -> None:
+    def __init__(self, root: Path, cell_timeout: int | None = None, db_url: str | None = None) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         lines = [
@@ -87,12 +88,14 @@ class Course:
             f"c.CourseDirectory.root = {str(self.root)!r}",
             f"c.CourseDirectory.source_directory = {str(SOLUTIONS)!r}",
             "c.CourseDirectory.release_directory = 'release'",
-            f"c.CourseDirectory.db_url = {'sqlite:///' + str(self.root / 'gradebook.db')!r}",
+            f"c.CourseDirectory.db_url = {db_url or 'sqlite:///' + str(self.root / 'gradebook.db')!r}",
         ]
         if cell_timeout is not None:
             lines.append(f"c.TrustedExecute.timeout = {int(cell_timeout)}")
-        (self.root / "nbgrader_config.py").write_text("\n".join(lines) + "\n")
-        self.db_url = f"sqlite:///{self.root / 'gradebook.db'}"
+        config = self.root / "nbgrader_config.py"
+        config.touch(mode=0o600)  # it may hold the gradebook's password
+        config.write_text("\n".join(lines) + "\n")
+        self.db_url = db_url or f"sqlite:///{self.root / 'gradebook.db'}"
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return nbgrader(list(args), cwd=self.root, check=check)
@@ -231,14 +234,129 @@ def _failed_students(log: str) -> dict[str, str]:
     return failed
 
 
-def _grade_part(assignment: str, inbox: Path, root: Path) -> subprocess.CompletedProcess:
-    return nbgrader(
-        ["autograde", assignment, "--force", f"--CourseDirectory.submitted_directory={inbox}"], cwd=root, check=False
-    )
+def course_config(root: Path, submitted: Path | None = None):
+    """The traitlets config of the course at ``root`` (its ``nbgrader_config.py``), as nbgrader reads it;
+    ``submitted`` moves ``CourseDirectory.submitted_directory`` (a grading run's private inbox)."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(root)).load_config()
+    if submitted is not None:
+        config.CourseDirectory.submitted_directory = str(submitted)
+    return config
 
 
-def autograde_folder(submissions: Path, root: Path = REPO, jobs: int = 1) -> dict[str, dict[str, Score]]:
-    """``make autograde SUBMISSIONS=<dir> [JOBS=n]``: grade ``<dir>/<student>/<assignment>/*.ipynb``.
+def course_db_url(root: Path) -> str:
+    """The gradebook URL of the course at ``root``: sqlite by default, the course's PostgreSQL server with
+    ``DLCV_GRADEBOOK=postgres`` (``make autograde DB=postgres``), or what its config says."""
+    from nbgrader.coursedir import CourseDirectory
+
+    return CourseDirectory(config=course_config(root)).db_url
+
+
+# One grading worker process (ProcessPoolExecutor): nbgrader's own API (NbGraderAPI.autograde and
+# .generate_feedback, what formgrader calls), one student per task, so a task's result says whether that
+# student was graded, and the parent counts graded/total as tasks finish. Each worker reads the course's
+# config once, imports nbgrader, torch and the trusted tests once, and writes the gradebook itself.
+_WORKER: dict = {}
+
+
+def _worker_init(root: str, inbox: str, log: str) -> None:
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    stderr = os.dup(2)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)  # nbgrader's and the kernels' chatter goes to the run's log, not over the progress bar
+    os.dup2(fd, 2)
+    try:
+        os.chdir(root)
+        config = course_config(Path(root), Path(inbox))
+        _WORKER["api"] = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+    except BaseException:
+        import traceback
+
+        os.write(stderr, f"a grading worker could not start:\n{traceback.format_exc()}".encode())
+        raise
+
+
+def _worker_grade(assignment: str, student: str) -> dict:
+    """Autograde, then write the feedback of, one student; never raises."""
+    api = _WORKER["api"]
+    start = time.perf_counter()
+    result = api.autograde(assignment, student, force=True, create=True)
+    log = (result.get("log") or "") + "\n" + (result.get("error") or "")
+    reason = ""
+    if not result.get("success"):
+        reason = _failed_students(log).get(student) or (log.strip().splitlines() or ["nbgrader failed"])[-1][:300]
+    else:
+        api.generate_feedback(assignment, student, force=True)
+    return {"student": student, "reason": reason, "seconds": time.perf_counter() - start, "log": log[-4000:]}
+
+
+def _grade_students(
+    assignment: str, students: list[str], inbox: Path, root: Path, jobs: int, log: Path, desc: str
+) -> dict[str, str]:
+    """Grade ``students`` (their hand-ins in ``inbox``) on ``jobs`` worker processes with a progress bar;
+    returns student -> reason for each one nbgrader could not grade."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    failed: dict[str, str] = {}
+    if not students:
+        return failed
+    with (
+        ProcessPoolExecutor(
+            max_workers=min(jobs, len(students)),
+            mp_context=multiprocessing.get_context("spawn"),  # no fork of a parent holding threads
+            initializer=_worker_init,
+            initargs=(str(root), str(inbox), str(log)),
+        ) as pool,
+        tqdm(total=len(students), desc=desc, unit="submission", file=sys.stderr, smoothing=0.1) as bar,
+    ):
+        futures = {pool.submit(_worker_grade, assignment, s): s for s in students}
+        for future in as_completed(futures):
+            student = futures[future]
+            try:
+                out = future.result()
+            except Exception as e:  # noqa: BLE001 - a worker that died: its student is graded again, alone
+                failed[student] = f"the grading process failed: {type(e).__name__}: {e}"[:300]
+            else:
+                if out["reason"]:
+                    failed[student] = out["reason"]
+            bar.update(1)
+    return failed
+
+
+def _record_assignment(assignment: str, root: Path, scratch: Path, attempts: int = 5) -> None:
+    """``nbgrader generate_assignment`` into a scratch release: records the assignment (cells, checksums,
+    points) in the gradebook without touching assignments/. Shards grading at the same time on other
+    machines (Kubernetes pods) record it too; a run that lost a race on the shared gradebook (a unique
+    row inserted by another shard first) simply runs again and finds the row."""
+    for attempt in range(attempts):
+        run = nbgrader(
+            ["generate_assignment", assignment, "--force", f"--CourseDirectory.release_directory={scratch}"],
+            cwd=root,
+            check=attempt == attempts - 1,
+        )
+        if run.returncode == 0:
+            return
+        time.sleep(0.5 + attempt)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` (0 <= K < N) -> (K, N): this run grades the K-th of N interleaved parts of the inbox."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise ValueError(f"not a shard K/N with 0 <= K < N: {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def autograde_folder(
+    submissions: Path, root: Path = REPO, jobs: int = 1, shard: tuple[int, int] = (0, 1)
+) -> dict[str, dict[str, Score]]:
+    """``make autograde SUBMISSIONS=<dir> [JOBS=n] [DB=postgres]``: grade ``<dir>/<student>/<assignment>/*.ipynb``.
 
     Runs in the course at ``root`` (the repo by default; its gradebook, autograded/, feedback/ and
     grades.csv) and prints :func:`summary` per assignment. Every notebook is executed in its own
@@ -246,7 +364,12 @@ def autograde_folder(submissions: Path, root: Path = REPO, jobs: int = 1) -> dic
     cannot be graded (not a notebook, a kernel that never started, ...) gets 0 and is listed with
     the reason in ``ungradable.csv``; everything else is graded and exported whatever one
     submission does. ``review.csv`` lists suspicious code for the instructor to read
-    (:mod:`grading.review`; flags never change a score). ``jobs`` nbgrader processes share the work.
+    (:mod:`grading.review`; flags never change a score). ``jobs`` worker processes take one student
+    at a time (nbgrader's ``NbGraderAPI``) and write the one gradebook of the course's config
+    (:func:`course_db_url`: sqlite, or PostgreSQL for many writers); a progress bar shows graded/total.
+    ``shard=(K, N)`` grades every N-th student from the K-th on (sorted by name), for N runs on N machines
+    sharing the gradebook (deploy/k8s/autograde-job.yaml); such a run writes ``ungradable-K-of-N.csv`` and
+    ``review-K-of-N.csv`` and leaves the export of ``grades.csv`` to one ``nbgrader export`` afterwards.
     """
     from . import review
 
@@ -264,10 +387,10 @@ def autograde_folder(submissions: Path, root: Path = REPO, jobs: int = 1) -> dic
     unknown = sorted(set(assignments) - known)
     if unknown:
         raise SystemExit(f"not assignments of this course: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    if root == REPO:
-        db_url = os.environ.get("NBGRADER_DB_URL", f"sqlite:///{REPO / 'gradebook.db'}")
-    else:
-        db_url = f"sqlite:///{root / 'gradebook.db'}"
+    # nbgrader's Gradebook calls alembic by name
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    db_url = course_db_url(root)
+    jobs = max(1, jobs)
     work = Path(tempfile.mkdtemp(prefix="autograde-", dir=root))
     scratch = work / "release"
     results: dict[str, dict[str, Score]] = {}
@@ -275,79 +398,60 @@ def autograde_folder(submissions: Path, root: Path = REPO, jobs: int = 1) -> dic
     flags: list[review.Flag] = []
     try:
         for assignment in assignments:
-            # records the assignment (cells, checksums, points) in the gradebook without touching assignments/
-            nbgrader(
-                ["generate_assignment", assignment, "--force", f"--CourseDirectory.release_directory={scratch}"],
-                cwd=root,
-            )
+            _record_assignment(assignment, root, scratch)
             students = sorted(
                 p.parent.name
                 for p in submissions.glob(f"*/{assignment}")
                 if p.is_dir() and not p.is_symlink() and re.fullmatch(r"[A-Za-z0-9_.@+-]+", p.parent.name)
-            )
-            parts = [students[k :: max(1, jobs)] for k in range(max(1, jobs))]
-            inboxes = []
-            for k, part in enumerate(parts):
-                inbox = work / f"inbox-{assignment}-{k}"
-                for student in part:
-                    sandbox.copy_plain_files(submissions / student / assignment, inbox / student / assignment)
-                    flags += review.scan_folder(inbox / student / assignment, student, assignment)
-                    for notebook in (inbox / student / assignment).glob("*.ipynb"):
-                        sanitize_notebook(notebook, assignment)
-                inboxes.append(inbox)
-            start = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-                runs = list(
-                    pool.map(lambda inbox: _grade_part(assignment, inbox, root), [i for i in inboxes if i.exists()])
-                )
-            failed: dict[str, str] = {}
-            for run in runs:
-                failed.update(_failed_students(run.stdout + "\n" + run.stderr))
-            done = {s for s in students if (root / "autograded" / s / assignment / f"{assignment}.ipynb").exists()}
-            # graded again, each alone: a student whose run hit a locked sqlite gradebook (concurrent
-            # writers), and every student a run never reached (nbgrader stops a whole run on some errors)
-            retry = [s for s in students if s not in done and ("locked" in failed.get(s, "") or s not in failed)]
-            for student in retry:
-                inbox = work / f"retry-{assignment}-{student}"
+            )[shard[0] :: shard[1]]
+            inbox = work / f"inbox-{assignment}"
+            for student in students:
                 sandbox.copy_plain_files(submissions / student / assignment, inbox / student / assignment)
+                flags += review.scan_folder(inbox / student / assignment, student, assignment)
                 for notebook in (inbox / student / assignment).glob("*.ipynb"):
                     sanitize_notebook(notebook, assignment)
-                run = _grade_part(assignment, inbox, root)
-                failed.pop(student, None)
-                failed.update(_failed_students(run.stdout + "\n" + run.stderr))
+            inbox.mkdir(exist_ok=True)
+            start = time.perf_counter()
+            log = work / f"{assignment}.log"
+            failed = _grade_students(assignment, students, inbox, root, jobs, log, assignment)
+            # graded again, one at a time: a student whose run hit a locked sqlite gradebook (concurrent
+            # writers) or whose worker process died
+            retry = [s for s, why in failed.items() if "locked" in why or why.startswith("the grading process")]
+            if retry:
+                failed.update(_grade_students(assignment, retry, inbox, root, 1, log, f"{assignment} (again)"))
+                for student in retry:
+                    if (root / "autograded" / student / assignment / f"{assignment}.ipynb").exists():
+                        failed.pop(student, None)
             seconds = time.perf_counter() - start
             for student in students:
                 if not (root / "autograded" / student / assignment / f"{assignment}.ipynb").exists():
                     failed.setdefault(student, "no autograded notebook was produced")
             for student, why in sorted(failed.items()):
                 ungradable.append((student, assignment, why))
-            for inbox in inboxes:
-                if inbox.exists():
-                    nbgrader(
-                        ["generate_feedback", assignment, "--force", f"--CourseDirectory.submitted_directory={inbox}"],
-                        cwd=root,
-                        check=False,
-                    )
             results[assignment] = read_scores(db_url, assignment, assignment)
             print(summary(results[assignment], assignment))
             print(
                 f"autograded {len(students)} submission(s) in {seconds:.0f} s "
-                f"({seconds / max(len(students), 1):.1f} s each, {max(1, jobs)} worker(s))\n"
+                f"({seconds / max(len(students), 1):.1f} s each, {jobs} worker(s), feedback included)\n"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    export = nbgrader(["export", "--to=grades.csv"], cwd=root, check=False)
-    if export.returncode != 0:
-        print(f"WARNING: nbgrader export failed:\n{export.stderr[-2000:]}")
-    with open(root / "ungradable.csv", "w", newline="") as f:
+    suffix = f"-{shard[0]}-of-{shard[1]}" if shard[1] > 1 else ""
+    if not suffix:
+        export = nbgrader(["export", "--to=grades.csv"], cwd=root, check=False)
+        if export.returncode != 0:
+            print(f"WARNING: nbgrader export failed:\n{export.stderr[-2000:]}")
+    with open(root / f"ungradable{suffix}.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["student", "assignment", "reason"])
         writer.writerows(ungradable)
-    review.write_csv(flags, root / "review.csv")
+    review.write_csv(flags, root / f"review{suffix}.csv")
     if ungradable:
-        print(f"could not grade {len(ungradable)} submission(s); they score 0 (reasons in {root / 'ungradable.csv'}):")
+        where = root / f"ungradable{suffix}.csv"
+        print(f"could not grade {len(ungradable)} submission(s); they score 0 (reasons in {where}):")
         for student, assignment, why in ungradable:
             print(f"  {student}/{assignment}: {why}")
     print(review.summary(flags))
-    print(f"scores: {root / 'grades.csv'}; feedback: {root / 'feedback'}; review list: {root / 'review.csv'}")
+    scores = root / "grades.csv" if not suffix else "the gradebook (run `nbgrader export` once every shard is done)"
+    print(f"scores: {scores}; feedback: {root / 'feedback'}; review list: {root / f'review{suffix}.csv'}")
     return results

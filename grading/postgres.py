@@ -30,7 +30,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -251,6 +254,24 @@ def create_database(course: str, home: Path = HOME) -> None:
 def drop_database(course: str, home: Path = HOME) -> None:
     _check_name(course)
     psql(f"DROP DATABASE IF EXISTS {course} WITH (FORCE)", home)
+
+
+@contextmanager
+def temporary_server(courses: tuple[str, ...] = (DEFAULT_COURSE,)) -> Iterator[Path]:
+    """A server of its own in a scratch folder (tests, benchmarks), stopped and deleted afterwards; yields
+    its home (pass it as ``home=`` to :func:`url` and the rest)."""
+    # not under pytest's tmp_path (mode 0700): as root the server runs as `postgres`, which must reach it
+    folder = Path(tempfile.mkdtemp(prefix="dlcv-pg-", dir="/tmp"))
+    os.chmod(folder, 0o711)
+    home = folder / "pg"
+    try:
+        start(courses=courses, home=home)
+        yield home
+    finally:
+        try:
+            stop(home)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

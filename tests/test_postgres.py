@@ -28,6 +28,12 @@ def home():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def test_temporary_server_is_removed_afterwards():
+    with postgres.temporary_server(courses=("scratch",)) as home:
+        assert postgres.running(home) and postgres.url("scratch", home).endswith("/scratch")
+    assert not home.exists()
+
+
 def test_start_connect_gradebook_stop(home, monkeypatch):
     import sqlalchemy
     from nbgrader.api import Gradebook
