@@ -6,9 +6,9 @@ instructor and :data:`N_STUDENTS` students. Every step is what a user's browser 
 API token: the instructor generates and releases ``nms`` (formgrader's API); every student fetches it (the
 Assignments panel's API), writes their notebook through the contents API (most the solution's answers, some
 wrong submissions of ``tests/submissions/nms/``, one hostile one of ``tests/test_redteam.py``) and submits;
-the instructor collects (formgrader), autogrades with the course's trusted grading (``nbgrader autograde``
-with this repository's ``nbgrader_config.py``, run from a kernel of the instructor's server), generates and
-releases feedback; every student fetches their feedback. Then: the scores in PostgreSQL, and that no student
+the instructor collects (formgrader), autogrades with the course's trusted grading
+(``python -m grading autograde``, what ``make autograde`` runs, on 2 workers, from a kernel of the
+instructor's server), generates and releases feedback; every student fetches their feedback. Then: the scores in PostgreSQL, and that no student
 reaches another's files or the instructor's through the hub (their token on another's server, their own
 kernel on the file system and the gradebook).
 
@@ -50,7 +50,7 @@ from grading.paths import REPO, release_notebook
 pytestmark = pytest.mark.slow
 
 ASSIGNMENT = "nms"  # the fastest to grade
-N_STUDENTS = 22
+N_STUDENTS = 20
 OUT = REPO / "test-output" / "hub"
 PROXY = REPO / "hub" / "node_modules" / ".bin" / "configurable-http-proxy"
 # wrong submissions handed in by two students each (identical notebooks must get identical grades)
@@ -330,10 +330,12 @@ def hub_class():
         t = time.perf_counter()
         teacher.formgrader("collect")
         course = hub.course_dir(instructor)
+        # make autograde's path, on the course's PostgreSQL gradebook, on 2 workers, as the instructor
         grade_log = teacher.run(
             "import subprocess, sys\n"
-            f"p = subprocess.run([sys.executable, '-m', 'nbgrader', 'autograde', {ASSIGNMENT!r}, '--force'],"
-            f" cwd={str(course)!r}, capture_output=True, text=True)\n"
+            "p = subprocess.run([sys.executable, '-m', 'grading', 'autograde', 'submitted', '--root', '.',"
+            f" '--jobs', {os.environ.get('GRADING_JOBS', '2')!r}], cwd={str(course)!r},"
+            " capture_output=True, text=True)\n"
             "print('RETURNCODE', p.returncode)\nprint(p.stdout[-20000:])\nprint(p.stderr[-20000:])\n",
             timeout=1800,
         )
