@@ -8,9 +8,9 @@ Assignments panel's API), writes their notebook through the contents API (most t
 wrong submissions of ``tests/submissions/nms/``, one hostile one of ``tests/test_redteam.py``) and submits;
 the instructor collects (formgrader), autogrades with the course's trusted grading
 (``python -m grading autograde``, what ``make autograde`` runs, on 2 workers, from a kernel of the
-instructor's server), generates and releases feedback; every student fetches their feedback. Then: the scores in PostgreSQL, and that no student
-reaches another's files or the instructor's through the hub (their token on another's server, their own
-kernel on the file system and the gradebook).
+instructor's server), generates and releases feedback; every student fetches their feedback. Then: the
+scores in PostgreSQL, and that no student reaches another's files or the instructor's through the hub (their
+token on another's server, their own kernel on the file system and the gradebook).
 
 Needs root (it creates unix accounts; CI runs as root), Debian's postgresql and bubblewrap (``.ci/run``,
 ``make postgres-deps sandbox-deps``) and ``make hub-deps`` (the proxy, from npm). Times go to
