@@ -132,8 +132,7 @@ STUDENTS ?= student01,student02,student03
 hub: setup hub-deps postgres-deps sandbox-deps
 	@test "$$(id -u)" = 0 || { echo "make hub creates unix accounts: run it as root (sudo make hub)"; exit 1; }
 	$(VENV)/bin/python -m grading.postgres start
-	$(VENV)/bin/python -m grading.hub setup --root "$(HUB_ROOT)" --instructors "$(INSTRUCTORS)" \
-	    --students "$(STUDENTS)" --db-url "$$($(VENV)/bin/python -m grading.postgres url)"
+	$(VENV)/bin/python -m grading.hub setup --root "$(HUB_ROOT)" --instructors "$(INSTRUCTORS)" --students "$(STUDENTS)"
 	$(VENV)/bin/python -m grading.hub start --root "$(HUB_ROOT)" --port $(HUB_PORT)
 
 # The hub's proxy: configurable-http-proxy from npm, pinned by hub/package-lock.json, into hub/node_modules.

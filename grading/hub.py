@@ -362,8 +362,15 @@ def start(hub: Hub) -> int:
     if not proxy.exists():
         raise SystemExit("configurable-http-proxy is missing: run make hub-deps")
     cmd, env = jupyterhub_command(hub)
+    env["DLCV_HUB_PORT"] = str(hub.port)
     print(f"JupyterHub on http://127.0.0.1:{hub.port}/  (try-out login: any roster name, password {hub.password})")
     return subprocess.run(cmd, env=env, cwd=hub.state).returncode
+
+
+def _course_postgres(course_id: str) -> str:
+    from . import postgres
+
+    return postgres.url(course_id)
 
 
 def _names(text: str) -> list[str]:
@@ -376,7 +383,12 @@ def main() -> int:
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help="the hub's folder (default /srv/dlcv-hub)")
     parser.add_argument("--instructors", default="instructor")
     parser.add_argument("--students", default="student01,student02,student03")
-    parser.add_argument("--db-url", default=os.environ.get("NBGRADER_DB_URL", ""))
+    parser.add_argument(
+        "--db-url",
+        default=os.environ.get("NBGRADER_DB_URL", ""),
+        help="the gradebook (default: the course's own server, python -m grading.postgres; never put a password"
+        " on a command line that other users can see in ps)",
+    )
     parser.add_argument("--course-id", default="dlcv")
     parser.add_argument("--home-base", default="")
     parser.add_argument("--port", type=int, default=8000)
@@ -392,7 +404,7 @@ def main() -> int:
             course_id=args.course_id,
             instructors=sorted(set(old.instructors) | set(_names(args.instructors))),
             students=sorted(set(old.students) | set(_names(args.students))),
-            db_url=args.db_url or old.db_url,
+            db_url=args.db_url or old.db_url or _course_postgres(args.course_id),
             home_base=args.home_base or old.home_base,
             password=old.password,
             operator_token=old.operator_token,
@@ -403,7 +415,11 @@ def main() -> int:
         return 0
     hub = Hub.load(root)
     if args.command == "status":
-        print(json.dumps({k: v for k, v in asdict(hub).items() if k not in ("password", "operator_token")}, indent=2))
+        print(
+            json.dumps(
+                {k: v for k, v in asdict(hub).items() if k not in ("password", "operator_token", "db_url")}, indent=2
+            )
+        )
         return 0
     hub.port = args.port
     return start(hub)
