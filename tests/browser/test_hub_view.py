@@ -114,6 +114,13 @@ def test_student_fetches_fills_in_and_submits_then_the_instructor_sees_it(browse
     page.goto(f"{hub.base}/user/{hub.instructor}/formgrader/manage_submissions/{ASSIGNMENT}")
     page.wait_for_selector(f"text={student}", timeout=60_000)
     assert page.locator(f"text={student}").count() >= 1
+    # what was collected is what the student typed and saved in the browser
+    import nbformat
+
+    collected = hub.hub.course_dir(hub.instructor) / "submitted" / student / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+    cells = nbformat.read(collected, as_version=4).cells
+    stub = next(c for c in cells if c.metadata.get("nbgrader", {}).get("grade_id") == STUB)
+    assert "NotImplementedError" not in stub.source and body.strip().split("\n")[0].strip() in stub.source
     _shot(page, "instructor_formgrader_submission")
     context.close()
 
