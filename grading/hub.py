@@ -38,6 +38,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -118,14 +119,25 @@ class Hub:
 
 
 def _run(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    """Run an account or file command; the shadow tools refuse while another one holds /etc/passwd's lock
+    (two set-ups at once): try again."""
+    for attempt in range(40):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            return
+        if "lock" not in proc.stderr.lower() or attempt == 39:
+            raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout, proc.stderr)
+        time.sleep(0.25)
 
 
 def ensure_group(name: str) -> int:
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
-        _run("groupadd", "--system", name)
+        try:
+            _run("groupadd", "--system", name)
+        except subprocess.CalledProcessError:
+            pass  # made by a set-up running at the same time
         return grp.getgrnam(name).gr_gid
 
 
