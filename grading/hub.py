@@ -165,7 +165,10 @@ def remove_user(name: str) -> None:
         pwd.getpwnam(name)
     except KeyError:
         return
-    subprocess.run(["userdel", "--remove", name], capture_output=True, text=True)
+    try:
+        _run("userdel", "--remove", name)
+    except subprocess.CalledProcessError:
+        pass  # e.g. a process of the account still runs: the account stays, its name is unique to a run
 
 
 def _chown_tree(path: Path, uid: int, gid: int) -> None:
