@@ -388,7 +388,9 @@ def test_every_student_fetched_the_release(hub_class):
     release = nbformat.read(release_notebook(ASSIGNMENT), as_version=4)
     sources = [c.source for c in release.cells]
     for s in hub_class["students"]:
-        listed = [a for a in hub_class["listings"][s] if a["assignment_id"] == ASSIGNMENT]
+        listing = hub_class["listings"][s]
+        assert listing["success"], f"{s}: {listing}"
+        listed = [a for a in listing["value"] if a["assignment_id"] == ASSIGNMENT]
         assert listed and listed[0]["status"] == "fetched", f"{s}: {hub_class['listings'][s]}"
         got = [c["source"] for c in hub_class["fetched"][s]["cells"]]
         assert got == sources, f"{s} did not get the instructor's release"
