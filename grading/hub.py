@@ -216,6 +216,12 @@ def users_python(hub: Hub) -> Path:
     venv_python = Path(sys.prefix) / "bin" / "python"
     if _runs_as_nobody(venv_python):
         return venv_python
+    for parent in [*reversed(REPO.parents)][1:]:
+        if not parent.stat().st_mode & stat.S_IXOTH:
+            raise SystemExit(
+                f"other users cannot reach this checkout ({parent} has mode {oct(parent.stat().st_mode & 0o777)}):"
+                " clone the course outside it (e.g. /srv or /opt) or run `chmod o+x` on it"
+            )
     minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
     source = Path(sys.base_prefix)
     base, shim = hub.root / "python-base", hub.root / "python"
