@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import hashlib
 import importlib.util
 import json
 import os
@@ -69,16 +68,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _tree_hash(*folders: Path) -> str:
-    digest = hashlib.sha256()
-    for folder in folders:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                digest.update(str(path).encode())
-                digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 class Client:
@@ -293,7 +282,7 @@ def hub_class():
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     plan = _notebooks()
     protected = [REPO / "solutions", REPO / "grading", REPO / "assignments", REPO / "utils"]
-    before = _tree_hash(*protected)
+    before = _redteam()._tree_hash(*protected)
     with running_hub(len(plan), OUT) as running:
         hub, prefix, instructor = running.hub, running.prefix, running.instructor
         students = hub.students
@@ -440,7 +429,9 @@ def test_every_student_fetched_their_feedback(hub_class):
 
 
 def test_the_hostile_submission_changed_nothing_for_the_others(hub_class):
-    assert _tree_hash(*hub_class["protected"]) == hub_class["hash_before"], "solutions/, grading/, ... changed"
+    assert _redteam()._tree_hash(*hub_class["protected"]) == hub_class["hash_before"], (
+        "solutions/, grading/, ... changed"
+    )
     out = hub_class["attack_output"]
     assert "cannot write solutions" in out and "cannot write grading/hidden" in out, out[-2000:]
     hostile = hub_class["scores"][hub_class["hostile"]]
