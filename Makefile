@@ -3,6 +3,7 @@
 #   make test   set up .venv if needed, then run every test (utils, notebooks, assignments, grading)
 #   make book   build the chapters and the assignments' tasks as a static HTML book in book/_build/html
 # Instructor commands: make lab-instructor | release | submissions | autograde SUBMISSIONS=<dir> | student-edition DEST=<dir>
+#   make hub [STUDENTS=a,b INSTRUCTORS=c HUB_PORT=8000]   (as root) a whole class on JupyterHub, see docs/hub.md
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -23,7 +24,7 @@ PYTEST_ARGS ?=
 JOBS ?= 2
 ASSIGNMENTS := $(notdir $(patsubst %/,%,$(dir $(wildcard solutions/*/*.ipynb))))
 
-.PHONY: book lint sandbox-deps postgres-deps postgres postgres-stop benchmark help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
+.PHONY: book lint hub hub-deps sandbox-deps postgres-deps postgres postgres-stop benchmark help setup lab lab-instructor test test-fast release submissions autograde student-edition clean
 
 help:
 	@awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' $(firstword $(MAKEFILE_LIST))
@@ -56,7 +57,7 @@ lab-instructor: setup
 # avoids oversubscription, which makes small convolutions ~10x slower.
 TEST_ENV := COURSE_STATIC_WIDGETS=1 COURSE_EXERCISES_REQUIRED=1 OMP_NUM_THREADS=1 GRADING_JOBS=$(JOBS)
 GRADING_TESTS := tests/test_grading_pipeline.py tests/test_redteam.py
-test: setup sandbox-deps
+test: setup sandbox-deps postgres-deps hub-deps
 	@status=0; \
 	echo "== phase 1/2: the grading pipeline (nbgrader on every assignment)"; \
 	$(TEST_ENV) $(VENV)/bin/python -m pytest -p no:cacheprovider $(GRADING_TESTS) $(PYTEST_ARGS) || status=1; \
@@ -131,3 +132,24 @@ student-edition: setup
 
 clean:
 	rm -rf autograded feedback submitted gradebook.db grades.csv test-output book/_build
+
+# A whole class on one machine (docs/hub.md): JupyterHub on 127.0.0.1:$(HUB_PORT), a unix account per student
+# and instructor, nbgrader's exchange, the gradebook on the course's PostgreSQL. Run as root; run it again to
+# add students. Try-out login: DummyAuthenticator with the password it prints (swap in OAuth/LTI for a class).
+HUB_ROOT ?= /srv/dlcv-hub
+HUB_PORT ?= 8000
+INSTRUCTORS ?= instructor
+STUDENTS ?= student01,student02,student03
+hub: setup hub-deps postgres-deps sandbox-deps
+	@test "$$(id -u)" = 0 || { echo "make hub creates unix accounts: run it as root (sudo make hub)"; exit 1; }
+	$(VENV)/bin/python -m grading.postgres start
+	$(VENV)/bin/python -m grading.hub setup --root "$(HUB_ROOT)" --instructors "$(INSTRUCTORS)" --students "$(STUDENTS)"
+	$(VENV)/bin/python -m grading.hub start --root "$(HUB_ROOT)" --port $(HUB_PORT)
+
+# The hub's proxy: configurable-http-proxy from npm, pinned by hub/package-lock.json, into hub/node_modules.
+hub-deps:
+	@command -v npm >/dev/null || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        (apt-get install -y -qq nodejs npm || (apt-get update -qq && apt-get install -y -qq nodejs npm)) >/dev/null; \
+	    else echo "install Node.js and npm (Debian/Ubuntu: sudo apt-get install nodejs npm) for the hub"; exit 1; fi; }
+	@test -x hub/node_modules/.bin/configurable-http-proxy || npm ci --prefix hub --no-audit --no-fund --loglevel=error

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import sys
 from pathlib import Path
 
@@ -111,8 +112,10 @@ def copy_plain_files(source: Path, dest: Path, limit: int = 50 << 20) -> None:
 
 
 def _python_prefixes() -> list[Path]:
-    """Folders the venv's interpreter needs: the venv and the base installation it points to."""
+    """Folders the venv's interpreter needs: the venv, the base installation it points to, and its
+    site-packages where that is a link (the hub's stand-in venv, grading.hub.users_python)."""
     prefixes = {Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent.parent}
+    prefixes |= {Path(p).resolve() for p in site.getsitepackages() if Path(p).is_symlink()}
     return sorted(p for p in prefixes if p.exists())
 
 
