@@ -3,8 +3,9 @@
 python -m grading release [ASSIGNMENT ...]       regenerate assignments/ from solutions/
 python -m grading submissions [ASSIGNMENT ...]   rebuild tests/submissions/<a>/<bug>.ipynb from manifest.json
 python -m grading autograde DIR                  grade DIR/<student>/<assignment>/*.ipynb (make autograde)
-python -m grading check ASSIGNMENT [--keep DIR]  grade the solution, the blank release and every wrong
-                                                 submission in a scratch course; print who lost what
+python -m grading check ASSIGNMENT [--keep DIR]  grade the solution, the blank release and every manifest
+                                                 submission in a scratch course; print who lost what and
+                                                 every entry whose must_fail / must_pass is not met
 python -m grading student-edition DEST           write the student edition (a new git repository) into DEST
 """
 
@@ -20,6 +21,19 @@ from . import pipeline, submissions
 from .paths import REPO, assignment_names, release_notebook
 
 
+def entry_problems(bug: str, spec: dict, score: pipeline.Score) -> list[str]:
+    """What a graded manifest entry gets wrong: a must_fail cell at full points, a must_pass cell below."""
+    failed = set(score.failed())
+    problems = []
+    kept = sorted(set(spec.get("must_fail", [])) - failed)
+    lost = sorted(set(spec.get("must_pass", [])) & failed)
+    if kept:
+        problems.append(f"{bug}: should fail {kept} but they got full points")
+    if lost:
+        problems.append(f"{bug}: should keep {lost} but lost points there ({score.auto_total:g} / {score.auto_max:g})")
+    return problems
+
+
 def check(assignment: str, keep: str | None = None) -> int:
     root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix=f"check-{assignment}-"))
     course = pipeline.Course(root)
@@ -33,18 +47,15 @@ def check(assignment: str, keep: str | None = None) -> int:
     scores = course.scores(assignment)
     print(pipeline.summary(scores, assignment))
     print(f"\n{len(scores)} submissions in {seconds:.0f} s; course folder: {root}")
-    problems = []
-    if scores["solution"].total != scores["solution"].max_total:
-        problems.append(f"solution scores {scores['solution'].total}, failed {scores['solution'].failed()}")
-    if scores["blank"].total != 0:
-        problems.append(
-            f"blank release scores {scores['blank'].total}: passes {set(scores['blank'].cells) - set(scores['blank'].failed())}"
-        )
+    problems = submissions.manifest_problems(assignment)
+    solution = scores["solution"]
+    if solution.failed() or solution.auto_total != solution.auto_max:
+        problems.append(f"solution scores {solution.auto_total:g} / {solution.auto_max:g}, failed {solution.failed()}")
+    if scores["blank"].auto_total != 0:
+        passing = sorted(set(scores["blank"].cells) - set(scores["blank"].failed()) - scores["blank"].manual)
+        problems.append(f"blank release scores {scores['blank'].auto_total:g}: passes {passing}")
     for bug, spec in manifest.items():
-        s = scores[bug]
-        missing = sorted(set(spec["must_fail"]) - set(s.failed()))
-        if s.total >= scores["solution"].max_total or missing:
-            problems.append(f"{bug}: total {s.total}, failed {s.failed()}, should also fail {missing}")
+        problems += entry_problems(bug, spec, scores[bug])
     for p in problems:
         print("PROBLEM:", p)
     return 1 if problems else 0

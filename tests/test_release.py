@@ -72,12 +72,15 @@ def test_solution_source_is_committed_without_outputs(name):
     }
     assert {"test", "solution"} <= kinds
     assert sum(nbgrader_meta(c).get("points", 0) for c in nb.cells if nbgrader_meta(c).get("grade")) == 100
-    manual = [
-        nbgrader_meta(c)["grade_id"]
-        for c in nb.cells
-        if nbgrader_meta(c).get("grade") and nbgrader_meta(c).get("solution")
-    ]
-    assert not manual, f"{name}: manually graded cells {manual} would keep the solution below full marks"
+    # the written answers: markdown cells graded by hand (the autograder gives them no points and the
+    # solution all the others); one short experiment at the end of each assignment
+    manual = [c for c in nb.cells if nbgrader_meta(c).get("grade") and nbgrader_meta(c).get("solution")]
+    assert manual, f"{name}: no written-answer cell (markdown, solution and grade, with points)"
+    for cell in manual:
+        meta = nbgrader_meta(cell)
+        assert cell.cell_type == "markdown" and meta.get("points", 0) > 0, (
+            f"{name}: {meta['grade_id']} must be a markdown answer cell worth points"
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)
