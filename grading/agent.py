@@ -15,11 +15,13 @@ Protocol (one request, one response, both ``torch.save`` files)::
               "forbid_ops": [str], "forbid_python": [str], "no_autograd": bool,
               "inject": [[global name, "torchvision.ops.box_iou"], ...]}
 
-``inject`` makes the notebook's global ``name`` the library function (as it was before student code ran)
-for this request only, and exempts the calls made *by that library function's own code* from the guards
-(student code reached from inside it, e.g. a tensor subclass's ``__torch_function__``, is guarded again).
     response {"ok": True, "value": <encoded>, "violations": [str]}
            | {"ok": False, "error_type": str, "message": str, "traceback": str, "violations": [str]}
+
+``inject`` makes the notebook's global ``name`` the library function (torch, torchvision or the course's
+utils.detection; as it was before student code ran) for this request only, and exempts the calls made
+*by that library function's own code* from the guards
+(student code reached from inside it, e.g. a tensor subclass's ``__torch_function__``, is guarded again).
 
 Encoded values are tensors, numbers, strings, None and lists/tuples/dicts of them; anything else
 (a module, a function, a custom object) stays in the kernel and travels as ``{"__handle__": id}``.
@@ -50,11 +52,12 @@ class ForbiddenFunctionError(RuntimeError):
 def _library_dirs():
     import os
 
-    dirs = [os.path.dirname(torch.__file__), os.path.dirname(os.__file__)]  # torch, the standard library
+    # installed packages (torch, torchvision, numpy, pycocotools), the standard library, the course's utils
+    dirs = [os.path.dirname(os.path.dirname(torch.__file__)), os.path.dirname(os.__file__)]
     try:
-        import torchvision
+        import utils
 
-        dirs.append(os.path.dirname(torchvision.__file__))
+        dirs.append(os.path.dirname(utils.__file__))
     except ImportError:
         pass
     return tuple(d + os.sep for d in dirs)
@@ -74,6 +77,7 @@ def _trusted(func):
 
 
 _TRUSTED_CODE = _trusted(len).__code__
+_INJECTABLE = ("torch.", "torchvision.", "utils.detection.")  # public libraries (utils: the course's, shipped)
 
 
 class _Exemption:
@@ -182,6 +186,7 @@ _SNAPSHOT_MODULES = (
     "torchvision.ops._box_convert",
     "torchvision.models.resnet",
     "torchvision.models",
+    "utils.detection",
 )
 
 
@@ -473,8 +478,8 @@ class Agent:
         """global name -> the library function the grader asked for, as it was before student code ran."""
         found = {}
         for name, path in pairs:
-            if not str(path).startswith(("torch.", "torchvision.")):
-                raise ValueError(f"only torch and torchvision functions can be injected, not {path!r}")
+            if not str(path).startswith(_INJECTABLE):
+                raise ValueError(f"only torch, torchvision and utils.detection functions can be injected, not {path!r}")
             func = _ORIGINAL.get(path) or _resolve(path)
             if func is None or not callable(func):
                 raise ValueError(f"{path} does not exist in this environment")

@@ -42,7 +42,8 @@ seconds of every process of the sandbox from outside (``/proc``), for speed requ
 **One bug, one function's points.** ``with student.using(box_iou="torchvision.ops.box_iou"):`` makes the
 student's global ``box_iou`` the library function for the calls inside the block (the student's own is
 put back afterwards, even when the call fails): a test of ``nms`` then judges ``nms`` alone, on a trusted
-``box_iou``. Only *names of library functions* cross to the kernel, never solution source (a hostile
+``box_iou``. Only *names of public library functions* (torch, torchvision, the course's shipped
+``utils.detection``) cross to the kernel, never solution source (a hostile
 submission could print it into its feedback); the injected function is exempt from ``FORBID`` for the
 block, and only then.
 
@@ -255,9 +256,13 @@ class Student:
         for name, path in functions.items():
             parts = path.split(".")
             if not (
-                name.isidentifier() and parts[0] in ("torch", "torchvision") and all(p.isidentifier() for p in parts)
+                name.isidentifier()
+                and (parts[0] in ("torch", "torchvision") or parts[:2] == ["utils", "detection"])
+                and all(p.isidentifier() for p in parts)
             ):
-                raise ValueError(f"using({name}={path!r}): a global name and a torch or torchvision function")
+                raise ValueError(
+                    f"using({name}={path!r}): a global name and a torch, torchvision or utils.detection function"
+                )
         saved = dict(self._using)
         self._using.update(functions)
         try:
