@@ -50,7 +50,8 @@ def test_release_holds_no_solution_and_no_hidden_test(name):
     stubs = [c for c in release.cells if nbgrader_meta(c).get("solution")]
     assert stubs, f"{name}: no solution cells"
     for cell in stubs:
-        assert "raise NotImplementedError" in cell.source, f"{name}: {nbgrader_meta(cell)['grade_id']} is not a stub"
+        stub = "raise NotImplementedError" if cell.cell_type == "code" else "YOUR ANSWER HERE"  # a written answer
+        assert stub in cell.source, f"{name}: {nbgrader_meta(cell)['grade_id']} is not a stub"
     release_lines = {line.strip() for c in release.cells for line in c.source.split("\n")}
     inside, outside = region_lines(source)
     secret = {line for line in inside if len(line) > 25 and not line.startswith("#")}
@@ -110,7 +111,11 @@ def test_every_test_cell_has_a_trusted_test_and_no_hidden_test_runs_in_the_kerne
     from grading import trusted
 
     source = nbformat.read(solution_notebook(name), as_version=4)
-    cells = {nbgrader_meta(c)["grade_id"] for c in source.cells if nbgrader_meta(c).get("grade")}
+    cells = {  # the autograded test cells; written answers (grade and solution) are graded by hand
+        nbgrader_meta(c)["grade_id"]
+        for c in source.cells
+        if nbgrader_meta(c).get("grade") and not nbgrader_meta(c).get("solution")
+    }
     tests = {k for k in trusted.load_tests(name) if not k.startswith("__")}
     assert cells == tests, (
         f"{name}: cells without a trusted test {sorted(cells - tests)}, tests without a cell {sorted(tests - cells)}"
