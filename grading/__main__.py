@@ -3,7 +3,8 @@
 python -m grading release [ASSIGNMENT ...]       regenerate assignments/ from solutions/
 python -m grading submissions [ASSIGNMENT ...]   rebuild tests/submissions/<a>/<bug>.ipynb from manifest.json
 python -m grading autograde DIR                  grade DIR/<student>/<assignment>/*.ipynb (make autograde)
-python -m grading check ASSIGNMENT [--keep DIR]  grade the solution, the blank release and every manifest
+python -m grading check ASSIGNMENT [--keep DIR] [--only BUG,...]
+                                                 grade the solution, the blank release and every manifest
                                                  submission in a scratch course; print who lost what and
                                                  every entry whose must_fail / must_pass is not met
 python -m grading student-edition DEST           write the student edition (a new git repository) into DEST
@@ -34,15 +35,21 @@ def entry_problems(bug: str, spec: dict, score: pipeline.Score) -> list[str]:
     return problems
 
 
-def check(assignment: str, keep: str | None = None) -> int:
+def check(assignment: str, keep: str | None = None, only: list[str] | None = None) -> int:
     root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix=f"check-{assignment}-"))
     course = pipeline.Course(root)
     course.generate(assignment)
     course.submit("solution", assignment, submissions.student_notebook(assignment))
     course.submit("blank", assignment, nbformat.read(release_notebook(assignment), as_version=4))
     manifest = submissions.load_manifest(assignment)
+    if only:
+        unknown = sorted(set(only) - set(manifest))
+        if unknown:
+            raise SystemExit(f"not in the manifest of {assignment}: {unknown}")
+        manifest = {bug: spec for bug, spec in manifest.items() if bug in only}
     for bug, nb in submissions.wrong_submissions(assignment).items():
-        course.submit(bug, assignment, nb)
+        if bug in manifest:
+            course.submit(bug, assignment, nb)
     seconds = course.autograde(assignment)
     scores = course.scores(assignment)
     print(pipeline.summary(scores, assignment))
@@ -76,6 +83,7 @@ def main() -> int:
     p = sub.add_parser("check")
     p.add_argument("assignment")
     p.add_argument("--keep", help="course folder to use (kept afterwards)")
+    p.add_argument("--only", help="grade only these manifest entries (comma-separated), with the solution and blank")
     p = sub.add_parser("student-edition", help="write the student edition (a new git repository) into DEST")
     p.add_argument("dest")
     args = parser.parse_args()
@@ -89,7 +97,7 @@ def main() -> int:
     elif args.command == "autograde":
         pipeline.autograde_folder(Path(args.folder), Path(args.root), jobs=args.jobs)
     elif args.command == "check":
-        return check(args.assignment, args.keep)
+        return check(args.assignment, args.keep, args.only.split(",") if args.only else None)
     elif args.command == "student-edition":
         from . import edition
 
