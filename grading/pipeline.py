@@ -169,9 +169,14 @@ def summary(scores: Mapping[str, Score], assignment: str) -> str:
         return f"{assignment}: no submissions"
     cells = sorted(next(iter(scores.values())).max_cells)
     lines = [f"== {assignment}: {len(scores)} submission(s)", f"{'test cell':<40} {'points':>6} {'failed by':>10}"]
+    manual = set().union(*(s.manual for s in scores.values()))
     for cell in cells:
+        points = next(iter(scores.values())).max_cells[cell]
+        if cell in manual:
+            lines.append(f"{cell:<40} {points:>6g}   (graded by hand)")
+            continue
         failed = sum(1 for s in scores.values() if s.cells.get(cell, 0.0) < s.max_cells.get(cell, 0.0))
-        lines.append(f"{cell:<40} {next(iter(scores.values())).max_cells[cell]:>6g} {failed:>4}/{len(scores):<5}")
+        lines.append(f"{cell:<40} {points:>6g} {failed:>4}/{len(scores):<5}")
     lines.append("")
     for student, s in sorted(scores.items()):
         flag = "  (needs manual grading)" if s.needs_manual_grade else ""
