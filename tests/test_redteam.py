@@ -83,7 +83,8 @@ for path, text in found.items():
 """,
     "writes_gradebook_and_sources": """
 import pathlib, sqlite3, utils
-targets = [pathlib.Path(utils.__file__).resolve().parents[1], pathlib.Path.cwd(), pathlib.Path("/tmp"), pathlib.Path("/")]
+targets = [pathlib.Path(utils.__file__).resolve().parents[1], pathlib.Path.cwd()]
+targets += [pathlib.Path("/tmp"), pathlib.Path("/")]
 for base in targets:
     for db in list(base.glob("*.db")) + list(base.glob("*/*.db")):
         try:
