@@ -1,8 +1,11 @@
 # Deep Learning for Computer Vision - the course's commands.
 #   make lab    set up .venv if needed, then open JupyterLab (student view) in notebooks/
-#   make test   set up .venv if needed, then run every test (utils, notebooks, assignments, grading)
+#   make test   set up .venv if needed, then the linter and every test (utils, notebooks, grading, hub, book)
 #   make book   build the chapters and the assignments' tasks as a static HTML book in book/_build/html
-# Instructor commands: make lab-instructor | release | submissions | autograde SUBMISSIONS=<dir> | student-edition DEST=<dir>
+#   make lint   ruff check and ruff format --check of the .py files and the notebooks
+# Instructors:
+#   make lab-instructor | release | submissions | student-edition DEST=<dir>
+#   make autograde SUBMISSIONS=<dir> [JOBS=n] [DB=postgres]    make postgres | postgres-stop | benchmark
 #   make hub [STUDENTS=a,b INSTRUCTORS=c HUB_PORT=8000]   (as root) a whole class on JupyterHub, see docs/hub.md
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -56,10 +59,13 @@ lab-instructor: setup
 # workers. Both phases always run; make fails when either fails. One BLAS/OpenMP thread per process
 # avoids oversubscription, which makes small convolutions ~10x slower.
 TEST_ENV := COURSE_STATIC_WIDGETS=1 COURSE_EXERCISES_REQUIRED=1 OMP_NUM_THREADS=1 GRADING_JOBS=$(JOBS)
-GRADING_TESTS := tests/test_grading_pipeline.py tests/test_redteam.py
+GRADING_TESTS := tests/test_grading_pipeline.py tests/test_redteam.py tests/test_parallel_autograde.py tests/test_hub.py
 test: setup sandbox-deps postgres-deps hub-deps
+	@echo "== lint: ruff check and ruff format --check (pyproject.toml)"
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/ruff format --check --quiet .
 	@status=0; \
-	echo "== phase 1/2: the grading pipeline (nbgrader on every assignment)"; \
+	echo "== phase 1/2: grading (every assignment, the red team, parallel workers on PostgreSQL, a class on JupyterHub)"; \
 	$(TEST_ENV) $(VENV)/bin/python -m pytest -p no:cacheprovider $(GRADING_TESTS) $(PYTEST_ARGS) || status=1; \
 	echo "== phase 2/2: utils, environment, release, browser, chapter notebooks and assignment sources"; \
 	$(TEST_ENV) $(VENV)/bin/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-cell-timeout=600 \
