@@ -3,8 +3,10 @@
 python -m grading release [ASSIGNMENT ...]       regenerate assignments/ from solutions/
 python -m grading submissions [ASSIGNMENT ...]   rebuild tests/submissions/<a>/<bug>.ipynb from manifest.json
 python -m grading autograde DIR                  grade DIR/<student>/<assignment>/*.ipynb (make autograde)
-python -m grading check ASSIGNMENT [--keep DIR]  grade the solution, the blank release and every wrong
-                                                 submission in a scratch course; print who lost what
+python -m grading check ASSIGNMENT [--keep DIR] [--only BUG,...]
+                                                 grade the solution, the blank release and every manifest
+                                                 submission in a scratch course; print who lost what and
+                                                 every entry whose must_fail / must_pass is not met
 python -m grading student-edition DEST           write the student edition (a new git repository) into DEST
 """
 
@@ -20,31 +22,47 @@ from . import pipeline, submissions
 from .paths import REPO, assignment_names, release_notebook
 
 
-def check(assignment: str, keep: str | None = None) -> int:
+def entry_problems(bug: str, spec: dict, score: pipeline.Score) -> list[str]:
+    """What a graded manifest entry gets wrong: a must_fail cell at full points, a must_pass cell below."""
+    failed = set(score.failed())
+    problems = []
+    kept = sorted(set(spec.get("must_fail", [])) - failed)
+    lost = sorted(set(spec.get("must_pass", [])) & failed)
+    if kept:
+        problems.append(f"{bug}: should fail {kept} but they got full points")
+    if lost:
+        problems.append(f"{bug}: should keep {lost} but lost points there ({score.auto_total:g} / {score.auto_max:g})")
+    return problems
+
+
+def check(assignment: str, keep: str | None = None, only: list[str] | None = None) -> int:
     root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix=f"check-{assignment}-"))
     course = pipeline.Course(root)
     course.generate(assignment)
     course.submit("solution", assignment, submissions.student_notebook(assignment))
     course.submit("blank", assignment, nbformat.read(release_notebook(assignment), as_version=4))
     manifest = submissions.load_manifest(assignment)
+    if only:
+        unknown = sorted(set(only) - set(manifest))
+        if unknown:
+            raise SystemExit(f"not in the manifest of {assignment}: {unknown}")
+        manifest = {bug: spec for bug, spec in manifest.items() if bug in only}
     for bug, nb in submissions.wrong_submissions(assignment).items():
-        course.submit(bug, assignment, nb)
+        if bug in manifest:
+            course.submit(bug, assignment, nb)
     seconds = course.autograde(assignment)
     scores = course.scores(assignment)
     print(pipeline.summary(scores, assignment))
     print(f"\n{len(scores)} submissions in {seconds:.0f} s; course folder: {root}")
-    problems = []
-    if scores["solution"].total != scores["solution"].max_total:
-        problems.append(f"solution scores {scores['solution'].total}, failed {scores['solution'].failed()}")
-    if scores["blank"].total != 0:
-        problems.append(
-            f"blank release scores {scores['blank'].total}: passes {set(scores['blank'].cells) - set(scores['blank'].failed())}"
-        )
+    problems = submissions.manifest_problems(assignment)
+    solution = scores["solution"]
+    if solution.failed() or solution.auto_total != solution.auto_max:
+        problems.append(f"solution scores {solution.auto_total:g} / {solution.auto_max:g}, failed {solution.failed()}")
+    if scores["blank"].auto_total != 0:
+        passing = sorted(set(scores["blank"].cells) - set(scores["blank"].failed()) - scores["blank"].manual)
+        problems.append(f"blank release scores {scores['blank'].auto_total:g}: passes {passing}")
     for bug, spec in manifest.items():
-        s = scores[bug]
-        missing = sorted(set(spec["must_fail"]) - set(s.failed()))
-        if s.total >= scores["solution"].max_total or missing:
-            problems.append(f"{bug}: total {s.total}, failed {s.failed()}, should also fail {missing}")
+        problems += entry_problems(bug, spec, scores[bug])
     for p in problems:
         print("PROBLEM:", p)
     return 1 if problems else 0
@@ -65,6 +83,7 @@ def main() -> int:
     p = sub.add_parser("check")
     p.add_argument("assignment")
     p.add_argument("--keep", help="course folder to use (kept afterwards)")
+    p.add_argument("--only", help="grade only these manifest entries (comma-separated), with the solution and blank")
     p = sub.add_parser("student-edition", help="write the student edition (a new git repository) into DEST")
     p.add_argument("dest")
     args = parser.parse_args()
@@ -78,7 +97,7 @@ def main() -> int:
     elif args.command == "autograde":
         pipeline.autograde_folder(Path(args.folder), Path(args.root), jobs=args.jobs)
     elif args.command == "check":
-        return check(args.assignment, args.keep)
+        return check(args.assignment, args.keep, args.only.split(",") if args.only else None)
     elif args.command == "student-edition":
         from . import edition
 

@@ -63,10 +63,21 @@ class Score:
     cells: dict[str, float] = field(default_factory=dict)  # grade cell -> points
     max_cells: dict[str, float] = field(default_factory=dict)
     needs_manual_grade: bool = False
+    manual: set[str] = field(default_factory=set)  # manually graded cells (written answers), in cells too
 
     def failed(self) -> list[str]:
-        """Grade cells that did not get all their points."""
-        return sorted(c for c, s in self.cells.items() if s < self.max_cells[c])
+        """Autograded cells that did not get all their points (manually graded ones are not judged here)."""
+        return sorted(c for c, s in self.cells.items() if c not in self.manual and s < self.max_cells[c])
+
+    @property
+    def auto_total(self) -> float:
+        """Points of the autograded cells."""
+        return sum(s for c, s in self.cells.items() if c not in self.manual)
+
+    @property
+    def auto_max(self) -> float:
+        """Points the autograded cells can give (the solution's ``auto_total``)."""
+        return sum(s for c, s in self.max_cells.items() if c not in self.manual)
 
 
 class Course:
@@ -146,6 +157,8 @@ def read_scores(db_url: str, assignment: str, notebook: str) -> dict[str, Score]
                 if grade.max_score:
                     score.cells[grade.name] = float(grade.score)
                     score.max_cells[grade.name] = float(grade.max_score)
+                    if grade.auto_score is None or grade.cell.cell_type == "markdown":
+                        score.manual.add(grade.name)
             result[student.id] = score
     return result
 
@@ -162,7 +175,8 @@ def summary(scores: Mapping[str, Score], assignment: str) -> str:
     lines.append("")
     for student, s in sorted(scores.items()):
         flag = "  (needs manual grading)" if s.needs_manual_grade else ""
-        lines.append(f"{student:<30} {s.total:>6g} / {s.max_total:g}{flag}")
+        auto = f"   autograded {s.auto_total:g} / {s.auto_max:g}" if s.manual else ""
+        lines.append(f"{student:<30} {s.total:>6g} / {s.max_total:g}{auto}{flag}")
     return "\n".join(lines)
 
 

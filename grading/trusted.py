@@ -38,10 +38,24 @@ and attributes read (``remote.get("weight")``), and can be passed back as argume
 ``with student.forbid(ops=[...], python=[...], autograd=True):`` blocks library functions however
 they are reached (see :mod:`grading.agent`). ``with student.cpu_time() as t:`` measures the CPU
 seconds of every process of the sandbox from outside (``/proc``), for speed requirements.
+
+**One bug, one function's points.** ``with student.using(box_iou="torchvision.ops.box_iou"):`` makes the
+student's global ``box_iou`` the library function for the calls inside the block (the student's own is
+put back afterwards, even when the call fails): a test of ``nms`` then judges ``nms`` alone, on a trusted
+``box_iou``. Only *names of public library functions* (torch, torchvision, the course's shipped
+``utils.detection``) cross to the kernel, never solution source (a hostile
+submission could print it into its feedback); the injected function is exempt from ``FORBID`` for the
+block, and only then.
+
+**Case names.** When the student's code raises (or times out) inside a trusted test, the verdict names the
+case: the innermost ``with student.case("..."):`` block, or else the case label of the statement that made
+the call (the first string argument with a space of the enclosing call in the trusted test, typically
+``assert_close("nms of 300 random boxes", student.call(...), ...)``), followed by the student's own frames.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib.util
 import io
@@ -195,6 +209,8 @@ class Student:
         self._forbid: list[dict[str, Any]] = [dict(default_forbid)] if default_forbid else []
         self.call_timeout = call_timeout
         self.deadline: float | None = None  # time.monotonic() after which no further call starts
+        self._cases: list[str] = []
+        self._using: dict[str, str] = {}  # student global -> library function, for the calls in a block
 
     # the proxy ------------------------------------------------------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -225,6 +241,36 @@ class Student:
             self._forbid.pop()
 
     @contextlib.contextmanager
+    def case(self, name: str) -> Iterator[None]:
+        """Name the case of the calls inside the block: a crash or time-out there reports this name."""
+        self._cases.append(str(name))
+        try:
+            yield
+        finally:
+            self._cases.pop()
+
+    @contextlib.contextmanager
+    def using(self, **functions: str) -> Iterator[None]:
+        """Inside the block, the student's globals ``name`` are the library functions ``functions[name]``
+        (dotted paths such as ``"torchvision.ops.box_iou"``) for every call; restored after each call."""
+        for name, path in functions.items():
+            parts = path.split(".")
+            if not (
+                name.isidentifier()
+                and (parts[0] in ("torch", "torchvision") or parts[:2] == ["utils", "detection"])
+                and all(p.isidentifier() for p in parts)
+            ):
+                raise ValueError(
+                    f"using({name}={path!r}): a global name and a torch, torchvision or utils.detection function"
+                )
+        saved = dict(self._using)
+        self._using.update(functions)
+        try:
+            yield
+        finally:
+            self._using = saved
+
+    @contextlib.contextmanager
     def cpu_time(self) -> Iterator[dict[str, float]]:
         """``with student.cpu_time() as t: ...`` then ``t["seconds"]``: CPU time of the sandbox's processes."""
         box: dict[str, float] = {}
@@ -251,23 +297,34 @@ class Student:
             forbid_python=python,
             no_autograd=autograd,
         )
+        if self._using:
+            request["inject"] = [[name, path] for name, path in self._using.items()]
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise KernelFailure("this test ran out of time (the grader stopped it before this call)")
-        response = self._transport(request, self.call_timeout)
+        try:
+            response = self._transport(request, self.call_timeout)
+        except KernelFailure as exc:
+            exc.case = self._cases[-1] if self._cases else None  # type: ignore[attr-defined]
+            raise
         call = f"{label}({_describe(args, kwargs)})" if request["op"] != "exec" else label
         if not isinstance(response, dict) or "ok" not in response:
             raise KernelFailure(f"{call}: the kernel's answer is not a result")
         violations = [str(v) for v in response.get("violations", []) if isinstance(v, str)]
         if violations:
-            raise ForbiddenUse(
+            forbidden = ForbiddenUse(
                 f"{call} used {', '.join(sorted(set(violations)))}, which this exercise asks you to implement yourself"
             )
+            forbidden.case = self._cases[-1] if self._cases else None  # type: ignore[attr-defined]
+            raise forbidden
         if not response["ok"]:
             trace = str(response.get("traceback", ""))
-            raise StudentError(
+            error = StudentError(
                 f"{call} raised {response.get('error_type', 'an error')}: "
-                f"{str(response.get('message', ''))[:2000]}" + (f"\n{trace}" if trace else "")
+                f"{str(response.get('message', ''))[:2000]}"
+                + (f"\nwhere it happened (your code, innermost last):\n{trace}" if trace else "")
             )
+            error.case = self._cases[-1] if self._cases else None  # type: ignore[attr-defined]
+            raise error
         return self._decode(response.get("value"))
 
     def _decode(self, value: Any) -> Any:
@@ -375,6 +432,61 @@ class DropForgedMetadata(NbGraderPreprocessor):
                 self.log.warning("dropping nbgrader metadata the source does not have: %r", str(meta)[:200])
                 del cell.metadata["nbgrader"]
         return nb, resources
+
+
+_NOT_LABELS = {"call", "exec", "get", "has", "format", "join"}
+
+
+def _case_label(exc: BaseException, filename: str) -> str | None:
+    """The case a trusted test was checking when ``exc`` left the student's code: for each frame of the
+    trusted test module (innermost first), the calls enclosing the frame's line in its source, outermost
+    first; the first positional argument that evaluates (in that frame) to a string with a space is the
+    label, e.g. ``assert_close(f"nms of {n} boxes", student.call(...))``. None when there is none."""
+    frames = [
+        (tb.tb_frame, tb.tb_lineno) for tb in _walk(exc.__traceback__) if tb.tb_frame.f_code.co_filename == filename
+    ]
+    if not frames:
+        return None
+    try:
+        tree = ast.parse(Path(filename).read_text())
+    except (OSError, SyntaxError):
+        return None
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    for frame, line in reversed(frames):
+        enclosing = [c for c in calls if c.lineno <= line <= (c.end_lineno or c.lineno)]
+        enclosing.sort(key=lambda c: (c.lineno, -(c.end_lineno or c.lineno), c.col_offset))
+        for call in enclosing:
+            func = call.func
+            if isinstance(func, ast.Attribute) and func.attr in _NOT_LABELS:
+                continue
+            for arg in call.args[:2]:
+                if not isinstance(arg, (ast.Constant, ast.JoinedStr, ast.Name)):
+                    continue
+                try:
+                    value = eval(compile(ast.Expression(arg), filename, "eval"), frame.f_globals, dict(frame.f_locals))
+                except Exception:  # noqa: BLE001 - a label that cannot be rebuilt is no label
+                    continue
+                if isinstance(value, str) and " " in value:
+                    return value
+    return None
+
+
+def _walk(tb: Any) -> Iterator[Any]:
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
+
+
+def _with_case(error: BaseException, filename: str) -> BaseException:
+    """``error`` (the student's crash, a forbidden call, a time-out) with the name of its case in front."""
+    if not isinstance(error, (StudentError, ForbiddenUse, KernelFailure)):
+        return error
+    case = getattr(error, "case", None) or _case_label(error, filename)
+    if not case:
+        return error
+    named = type(error)(f'in the case "{case}": {error}')
+    named.__traceback__ = error.__traceback__
+    return named
 
 
 def _verdict_outputs(cell_id: str, error: BaseException | None, seconds: float) -> list[NotebookNode]:
@@ -634,7 +746,7 @@ class TrustedExecute(Execute):
             test(student)
             error: BaseException | None = None
         except (AssertionError, KernelFailure) as exc:
-            error = exc
+            error = _with_case(exc, test.__code__.co_filename)
         except Exception as exc:  # noqa: BLE001 - a bug in a trusted test must not look like the student's
             self.log.error("trusted test %s crashed: %s", cell_id, traceback.format_exc())
             error = KernelFailure(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils.detection import COCO_STAT_NAMES, coco_evaluate, coco_matches
+from utils.detection import COCO_STAT_NAMES, coco_average_precision, coco_evaluate, coco_matches, coco_precision_recall
 
 
 def _targets() -> list:
@@ -78,3 +78,34 @@ def test_coco_matches_follows_cocos_greedy_rule():
     assert coco_matches(pred, scores, gt, 0.75).tolist() == [False, True, False, True, False, False, True]
     assert coco_matches(pred, scores, gt[:0], 0.5).tolist() == [False] * 7
     assert coco_matches(pred[:0], scores[:0], gt, 0.5).tolist() == []
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_accumulate_steps_reproduce_cocoeval_class_by_class(seed):
+    """coco_matches -> coco_precision_recall -> coco_average_precision equals COCOeval's AP of each class at
+    each single threshold (ties in score included), on random scenes with misses, duplicates and empty images."""
+    g = torch.Generator().manual_seed(seed)
+    targets, preds = [], []
+    for image in range(6):
+        m = int(torch.randint(0, 5, (1,), generator=g)) if image else 0
+        corner = torch.rand(m, 2, generator=g) * 60
+        gt = torch.cat([corner, corner + 8 + 20 * torch.rand(m, 2, generator=g)], dim=1)
+        targets.append({"boxes": gt, "labels": torch.randint(1, 3, (m,), generator=g)})
+        copies = gt.repeat(2, 1) + 3 * torch.randn(2 * m, 4, generator=g)
+        copies = torch.cat([copies[:, :2].minimum(copies[:, 2:]), copies[:, :2].maximum(copies[:, 2:]) + 1], 1)
+        noise = torch.rand(3, 2, generator=g) * 60
+        boxes = torch.cat([copies, torch.cat([noise, noise + 10], 1)])
+        scores = (torch.rand(len(boxes), generator=g) * 10).round() / 10  # ties
+        labels = torch.cat([targets[-1]["labels"].repeat(2), torch.randint(1, 3, (3,), generator=g)])
+        preds.append({"boxes": boxes, "scores": scores, "labels": labels})
+    for threshold in (0.5, 0.75):
+        official = coco_evaluate(preds, targets, iou_thresholds=[threshold])["ap_per_class"]
+        for c, expected in official.items():
+            flags, scores, num_gt = [], [], 0
+            for p, t in zip(preds, targets):
+                mine = p["labels"] == c
+                flags.append(coco_matches(p["boxes"][mine], p["scores"][mine], t["boxes"][t["labels"] == c], threshold))
+                scores.append(p["scores"][mine])
+                num_gt += int((t["labels"] == c).sum())
+            precision, recall = coco_precision_recall(torch.cat(flags), torch.cat(scores), num_gt)
+            assert coco_average_precision(precision, recall) == pytest.approx(expected, abs=1e-12), (threshold, c)

@@ -27,6 +27,7 @@ import nbformat
 import pytest
 
 from grading import pipeline, submissions
+from grading.__main__ import entry_problems
 from grading.paths import REPO, assignment_names
 from grading.submissions import nbgrader_meta
 
@@ -246,9 +247,12 @@ def test_every_assignment_is_graded():
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_solution_gets_full_marks(graded, assignment):
+    """All the autograded points; the written answers (manually graded) wait for the instructor."""
     score = graded[assignment].scores["solution"]
     assert score.max_total == 100, f"points must add up to 100, got {score.max_total}"
-    assert score.total == score.max_total and not score.needs_manual_grade, _describe(score)
+    assert score.auto_total == score.auto_max and not score.failed(), _describe(score)
+    assert score.manual == set(submissions.manual_cells(assignment))
+    assert score.needs_manual_grade == bool(score.manual), _describe(score)
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
@@ -267,21 +271,29 @@ def test_blank_release_scores_zero_and_every_cell_runs(graded, assignment):
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_each_assignment_ships_enough_wrong_submissions(assignment):
+def test_each_assignment_ships_enough_wrong_and_correct_submissions(assignment):
+    """At least 4 wrong and 2 correct-but-different submissions, each with must_fail and must_pass
+    partitioning the autograded test cells."""
     manifest = submissions.load_manifest(assignment)
-    assert len(manifest) >= 4, f"{assignment}: only {len(manifest)} wrong submissions in its manifest"
-    for bug, spec in manifest.items():
-        assert spec.get("description") and spec.get("must_fail"), f"{assignment}/{bug}: describe it and list must_fail"
+    wrong = [bug for bug, spec in manifest.items() if not submissions.is_correct(spec)]
+    correct = [bug for bug, spec in manifest.items() if submissions.is_correct(spec)]
+    assert len(wrong) >= 4, f"{assignment}: only {len(wrong)} wrong submissions in its manifest"
+    assert len(correct) >= 2, f"{assignment}: only {len(correct)} correct-but-different submissions (must_fail: [])"
+    assert not submissions.manifest_problems(assignment), submissions.manifest_problems(assignment)
 
 
 @pytest.mark.parametrize("assignment,bug", BUGS)
-def test_wrong_submission_loses_points(graded, assignment, bug):
+def test_each_submission_loses_exactly_its_functions_points(graded, assignment, bug):
+    """must_fail cells score below their points, must_pass cells all of theirs; a wrong submission loses
+    points, a correct-but-different one (must_fail empty) gets every autograded point."""
     spec = submissions.load_manifest(assignment)[bug]
     score = graded[assignment].scores[f"bug_{bug}"]
-    full = graded[assignment].scores["solution"].total
-    assert score.total < full, f"{bug} ({spec['description']}) is not penalised: {_describe(score)}"
-    missed = sorted(set(spec["must_fail"]) - set(score.failed()))
-    assert not missed, f"{bug}: these test cells should fail but passed: {missed}; {_describe(score)}"
+    problems = entry_problems(bug, spec, score)
+    assert not problems, f"{spec['description']}: {problems}; {_describe(score)}"
+    if submissions.is_correct(spec):
+        assert score.auto_total == score.auto_max, _describe(score)
+    else:
+        assert score.auto_total < score.auto_max, f"{bug} ({spec['description']}) is not penalised: {_describe(score)}"
 
 
 # ----------------------------------------------------------------------------- 4: faults
@@ -290,7 +302,7 @@ def test_edited_test_cells_are_restored(graded, assignment):
     g = graded[assignment]
     edited = g.scores["edited_tests"]
     manifest = submissions.load_manifest(assignment)
-    assert edited.total < edited.max_total, f"emptied tests earned full marks: {_describe(edited)}"
+    assert edited.auto_total < edited.auto_max, f"emptied tests earned full marks: {_describe(edited)}"
     if manifest:
         first = f"bug_{next(iter(manifest))}"
         assert edited.cells == g.scores[first].cells, "the original tests must run, as for the unedited buggy notebook"
@@ -299,13 +311,13 @@ def test_edited_test_cells_are_restored(graded, assignment):
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_deleted_test_cell_never_gets_full_marks(graded, assignment):
     deleted = graded[assignment].scores["deleted_test"]
-    assert deleted.total < deleted.max_total or deleted.needs_manual_grade, _describe(deleted)
+    assert deleted.auto_total < deleted.auto_max or deleted.needs_manual_grade, _describe(deleted)
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_stray_utils_py_does_not_shadow_the_course_utils(graded, assignment):
     score = graded[assignment].scores["stray_utils_and_warning"]
-    assert score.total == score.max_total, _describe(score)
+    assert score.auto_total == score.auto_max, _describe(score)
     nb = graded[assignment].autograded("stray_utils_and_warning", assignment)
     assert "shadowed" not in json.dumps(nb), "the stray utils.py was imported"
     assert (
@@ -334,7 +346,7 @@ def test_nbgrader_zeroes_a_test_cell_that_writes_to_stderr():
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_correct_code_with_a_torch_warning_keeps_full_marks(graded, assignment):
     score = graded[assignment].scores["stray_utils_and_warning"]
-    assert score.total == score.max_total, _describe(score)
+    assert score.auto_total == score.auto_max, _describe(score)
     nb = graded[assignment].autograded("stray_utils_and_warning", assignment)
     graded_cells = [c for c in nb.cells if nbgrader_meta(c).get("grade")]
     # a test cell's outputs are the trusted verdict: what the student's code prints never reaches them
@@ -347,7 +359,7 @@ def test_correct_code_with_a_torch_warning_keeps_full_marks(graded, assignment):
 def test_endless_loop_costs_only_its_tests(graded, assignment):
     g = graded[assignment]
     loop = g.loop
-    assert 0 < loop.total < loop.max_total, f"endless loop: {_describe(loop)}"
+    assert 0 < loop.auto_total < loop.auto_max, f"endless loop: {_describe(loop)}"
     nb = g.autograded("endless_loop", assignment)
     timed_out = [
         c
@@ -401,7 +413,9 @@ def test_feedback_explains_failures_without_revealing_hidden_tests(graded, assig
         leaked = [line for line in hidden if line in text]
         assert not leaked, f"feedback of {student} shows hidden test code: {leaked[:2]}"
         assert "BEGIN HIDDEN TESTS" not in text
-    for bug in submissions.load_manifest(assignment):
+    for bug, spec in submissions.load_manifest(assignment).items():
+        if submissions.is_correct(spec):
+            continue
         text = _feedback_text(g.courses[f"bug_{bug}"], f"bug_{bug}", assignment)
         assert re.search(r"\b\w*(Error|Exception): \S", text), f"{bug}: no failure message in the feedback"
         assert "expected" in text, f"{bug}: the feedback does not say what was expected"
@@ -418,7 +432,10 @@ def test_make_autograde_grades_a_folder_exports_and_summarises(graded):
     run = MAKE_AUTOGRADE
     assignment, folder, course, out = run["assignment"], run["folder"], run["course"], run["out"]
     assert out.returncode == 0, out.stdout + out.stderr
-    assert re.search(r"alice\s+100 / 100", out.stdout) and re.search(r"bob\s+0 / 100", out.stdout), out.stdout
+    # alice gets every autograded point (written answers wait for the instructor), bob none
+    auto = sum(submissions.autograded_cells(assignment).values())
+    alice = re.search(r"alice\s+(\d+) / 100", out.stdout)
+    assert alice and float(alice.group(1)) == auto and re.search(r"bob\s+0 / 100", out.stdout), out.stdout
     assert "failed by" in out.stdout
     grades = (course.root / "grades.csv").read_text()
     assert "alice" in grades and "bob" in grades

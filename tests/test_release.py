@@ -50,7 +50,8 @@ def test_release_holds_no_solution_and_no_hidden_test(name):
     stubs = [c for c in release.cells if nbgrader_meta(c).get("solution")]
     assert stubs, f"{name}: no solution cells"
     for cell in stubs:
-        assert "raise NotImplementedError" in cell.source, f"{name}: {nbgrader_meta(cell)['grade_id']} is not a stub"
+        stub = "raise NotImplementedError" if cell.cell_type == "code" else "YOUR ANSWER HERE"  # a written answer
+        assert stub in cell.source, f"{name}: {nbgrader_meta(cell)['grade_id']} is not a stub"
     release_lines = {line.strip() for c in release.cells for line in c.source.split("\n")}
     inside, outside = region_lines(source)
     secret = {line for line in inside if len(line) > 25 and not line.startswith("#")}
@@ -72,12 +73,15 @@ def test_solution_source_is_committed_without_outputs(name):
     }
     assert {"test", "solution"} <= kinds
     assert sum(nbgrader_meta(c).get("points", 0) for c in nb.cells if nbgrader_meta(c).get("grade")) == 100
-    manual = [
-        nbgrader_meta(c)["grade_id"]
-        for c in nb.cells
-        if nbgrader_meta(c).get("grade") and nbgrader_meta(c).get("solution")
-    ]
-    assert not manual, f"{name}: manually graded cells {manual} would keep the solution below full marks"
+    # the written answers: markdown cells graded by hand (the autograder gives them no points and the
+    # solution all the others); one short experiment at the end of each assignment
+    manual = [c for c in nb.cells if nbgrader_meta(c).get("grade") and nbgrader_meta(c).get("solution")]
+    assert manual, f"{name}: no written-answer cell (markdown, solution and grade, with points)"
+    for cell in manual:
+        meta = nbgrader_meta(cell)
+        assert cell.cell_type == "markdown" and meta.get("points", 0) > 0, (
+            f"{name}: {meta['grade_id']} must be a markdown answer cell worth points"
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -107,7 +111,11 @@ def test_every_test_cell_has_a_trusted_test_and_no_hidden_test_runs_in_the_kerne
     from grading import trusted
 
     source = nbformat.read(solution_notebook(name), as_version=4)
-    cells = {nbgrader_meta(c)["grade_id"] for c in source.cells if nbgrader_meta(c).get("grade")}
+    cells = {  # the autograded test cells; written answers (grade and solution) are graded by hand
+        nbgrader_meta(c)["grade_id"]
+        for c in source.cells
+        if nbgrader_meta(c).get("grade") and not nbgrader_meta(c).get("solution")
+    }
     tests = {k for k in trusted.load_tests(name) if not k.startswith("__")}
     assert cells == tests, (
         f"{name}: cells without a trusted test {sorted(cells - tests)}, tests without a cell {sorted(tests - cells)}"

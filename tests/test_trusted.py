@@ -300,3 +300,96 @@ def test_results_are_encoded_under_the_guard_and_numpy_values_cross(tmp_path):
     assert s.call("stats", torch.ones(3)) == {1: 3.0, "n": 3}
     with pytest.raises(trusted.ForbiddenUse):
         s.call("cheat")
+
+
+_HIDDEN_TEST_SOURCE = """
+import torch
+from utils.testing import assert_close
+
+
+def named_by_its_assert(student):
+    for n in (2, 3):
+        assert_close(
+            f"f of {n} ones",
+            student.call("f", torch.ones(n)),
+            torch.ones(n) + 1,
+        )
+
+
+def named_by_a_block(student):
+    with student.case("the explicit case"):
+        student.call("f", torch.ones(3))
+"""
+
+
+def test_a_crash_in_a_trusted_test_names_its_case_and_the_students_frames(tmp_path):
+    """The verdict of a crash names the case (the label of the check that made the call, or an explicit
+    ``student.case``), then the student's own frames, innermost last; none of the grader's."""
+    import importlib.util
+
+    ns: dict = {}
+    cell = tmp_path / "ipykernel_1" / "cell.py"
+    cell.parent.mkdir()
+    cell.write_text("def helper(x):\n    return x + torch.ones(2)\n\n\ndef f(x):\n    return helper(x)\n")
+    exec("import torch", ns)
+    exec(compile(cell.read_text(), str(cell), "exec"), ns)
+    module_file = tmp_path / "hidden_case.py"
+    module_file.write_text(_HIDDEN_TEST_SOURCE)
+    spec = importlib.util.spec_from_file_location("hidden_case", module_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for test, case in [(module.named_by_its_assert, "f of 3 ones"), (module.named_by_a_block, "the explicit case")]:
+        s = _student(ns, tmp_path)
+        with pytest.raises(trusted.StudentError) as info:
+            test(s)
+        text = str(trusted._with_case(info.value, str(module_file)))
+        assert text.startswith(f'in the case "{case}": f(Tensor[3] float32) raised RuntimeError'), text
+        assert "in f (your code, line 6): return helper(x)" in text
+        assert text.index("return helper(x)") < text.index("in helper (your code, line 2)"), "innermost last"
+        assert "hidden_case" not in text and "<grading-agent>" not in text and "trusted.py" not in text
+
+
+def test_an_injected_library_function_replaces_the_students_for_one_call_only(tmp_path):
+    """``student.using(box_iou=...)`` judges nms on torchvision's box_iou although box_iou is forbidden for
+    the student's own code; the student's box_iou is back afterwards; calling the library directly from
+    the student's code stays forbidden, also from inside the injected function (a tensor subclass)."""
+    ns: dict = {}
+    exec(
+        "import torch, torchvision\n"
+        "def box_iou(a, b):\n    return torch.zeros(len(a), len(b))  # wrong\n"
+        "def nms(boxes, scores, t):\n    iou = box_iou(boxes, boxes)\n"
+        "    order = scores.argsort(descending=True)\n    keep = []\n"
+        "    for i in order.tolist():\n"
+        "        if all(iou[i, j] <= t for j in keep):\n            keep.append(i)\n"
+        "    return torch.tensor(keep)\n"
+        "def cheat(boxes, scores, t):\n    box_iou(boxes, boxes)\n    return torchvision.ops.nms(boxes, scores, t)\n",
+        ns,
+    )
+    forbid = dict(ops=["torchvision::nms"], python=["torchvision.ops.box_iou", "torchvision.ops.nms"])
+    s = _student(ns, tmp_path, forbid=forbid)
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    assert s.call("nms", boxes, scores, 0.5).tolist() == [0, 1, 2]  # the student's wrong box_iou
+    with s.using(box_iou="torchvision.ops.box_iou"):
+        assert s.call("nms", boxes, scores, 0.5).tolist() == [0, 2]
+        with pytest.raises(trusted.ForbiddenUse, match="torchvision.ops.nms"):
+            s.call("cheat", boxes, scores, 0.5)
+    assert s.call("nms", boxes, scores, 0.5).tolist() == [0, 1, 2]
+    with s.using(nms="torchvision.ops.nms"):  # the operator itself, reached by the injected function
+        assert s.exec("result = nms(b, s, 0.5)", b=boxes, s=scores).tolist() == [0, 2]
+        with pytest.raises(trusted.ForbiddenUse, match="torchvision::nms"):
+            s.exec("result = torch.ops.torchvision.nms(b, s, 0.5)", b=boxes, s=scores)
+    exec(
+        "class Sneaky(torch.Tensor):\n"
+        "    @classmethod\n"
+        "    def __torch_function__(cls, func, types, args=(), kwargs=None):\n"
+        "        torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)\n"
+        "        return super().__torch_function__(func, types, args, kwargs or {})\n"
+        "def sneaky(boxes, scores, t):\n    return nms(boxes.as_subclass(Sneaky), scores, t)\n",
+        ns,
+    )
+    with s.using(nms="torchvision.ops.nms"), pytest.raises(trusted.ForbiddenUse):
+        s.call("sneaky", boxes, scores, 0.5)
+    with pytest.raises(ValueError):
+        with s.using(box_iou="os.system"):
+            s.call("nms", boxes, scores, 0.5)

@@ -1,6 +1,8 @@
 """Detection evaluation shared by the chapters: the official COCO mAP through ``pycocotools``.
 
-The ``mean_average_precision`` assignment grades students against these two functions; chapters use
+The ``mean_average_precision`` assignment grades students against these functions (and judges its mAP
+function on ``coco_matches``, ``coco_precision_recall`` and ``coco_average_precision``, the steps of
+``COCOeval.evaluate`` and ``COCOeval.accumulate`` for one class at one threshold); chapters use
 ``coco_evaluate`` to score their detectors::
 
     >>> from utils.detection import coco_evaluate
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["coco_evaluate", "coco_matches", "COCO_STAT_NAMES"]
+__all__ = ["coco_evaluate", "coco_matches", "coco_precision_recall", "coco_average_precision", "COCO_STAT_NAMES"]
 
 #: the twelve numbers of ``COCOeval.summarize()`` for boxes, in order
 COCO_STAT_NAMES = (
@@ -187,3 +189,49 @@ def coco_matches(pred_boxes: Tensor, pred_scores: Tensor, gt_boxes: Tensor, iou_
     matched = np.asarray(result["dtMatches"][0]) > 0  # [N] in COCO's (score) order
     flags[np.asarray(result["dtIds"]) - 1] = matched  # detection ids are 1 + input index
     return torch.from_numpy(flags)
+
+
+def coco_precision_recall(tp: Tensor, scores: Tensor, num_gt: int) -> tuple[Tensor, Tensor]:
+    """Precision and recall after each ranked detection, as ``COCOeval.accumulate`` computes them.
+
+    Args:
+        tp: Tensor[D] bool, the true positives of one class (all images).
+        scores: Tensor[D] their scores; ranked from the highest, equal scores in input order (pycocotools'
+            ``np.argsort(-scores, kind="mergesort")``).
+        num_gt: number of ground-truth objects of the class (> 0).
+
+    Returns:
+        (precision, recall), two float64 Tensor[D]. (pycocotools adds ``np.spacing(1)`` to the precision's
+        denominator, which changes nothing here; it is left out, as in the assignment's definition.)
+    """
+    order = np.argsort(-scores.detach().cpu().numpy().astype(np.float64), kind="mergesort")
+    flags = tp.detach().cpu().numpy().astype(bool)[order]
+    tp_sum = np.cumsum(flags).astype(np.float64)
+    fp_sum = np.cumsum(~flags).astype(np.float64)
+    return torch.from_numpy(tp_sum / (tp_sum + fp_sum)), torch.from_numpy(tp_sum / num_gt)
+
+
+def coco_average_precision(precision: Tensor, recall: Tensor, method: str = "coco101") -> float:
+    """COCO's 101-point AP of one precision-recall curve, the lines of ``COCOeval.accumulate``: the
+    precision made non-increasing from the right, sampled at the first rank whose recall reaches each of
+    ``np.linspace(0, 1, 101)`` (0 beyond the end of the curve), averaged.
+
+    Args:
+        precision, recall: Tensor[D] as :func:`coco_precision_recall` returns them (may be empty).
+        method: only ``"coco101"`` (the VOC variants are not pycocotools').
+
+    Returns:
+        AP as a Python float.
+    """
+    if method != "coco101":
+        raise ValueError(f"coco_average_precision computes COCO's 101-point AP only, not {method!r}")
+    pr = np.asarray(precision.detach().cpu().numpy(), dtype=np.float64).tolist()
+    rc = np.asarray(recall.detach().cpu().numpy(), dtype=np.float64)
+    for i in range(len(pr) - 1, 0, -1):
+        if pr[i] > pr[i - 1]:
+            pr[i - 1] = pr[i]
+    q = np.zeros(101)
+    for ri, pi in enumerate(np.searchsorted(rc, np.linspace(0.0, 1.0, 101), side="left")):
+        if pi < len(pr):
+            q[ri] = pr[pi]
+    return float(q.mean())

@@ -50,7 +50,16 @@ FORBIDDEN_LIBRARY = (
     + ["pycocotools.coco.COCO", "pycocotools.mask.iou", "utils.detection.coco_evaluate", "utils.detection.coco_matches"]
     + [f"sklearn.metrics.{function}" for function in ("average_precision_score", "precision_recall_curve", "auc")]
 )
+FORBIDDEN_LIBRARY += ["utils.detection.coco_precision_recall", "utils.detection.coco_average_precision"]
 FORBID = dict(python=FORBIDDEN_LIBRARY)
+
+# One bug, one function's points: the tests of mean_average_precision run it on the pycocotools-based steps
+# of utils.detection (public: the course ships them) instead of the student's three functions above.
+TRUSTED_STEPS = dict(
+    match_detections="utils.detection.coco_matches",
+    precision_recall="utils.detection.coco_precision_recall",
+    average_precision="utils.detection.coco_average_precision",
+)
 
 # Runs in the kernel: calls ``_name(*_args, **_kwargs)`` and converts its result to built-in data (see the
 # module docstring). Decides nothing.
@@ -255,8 +264,9 @@ def check_against_coco(
 ) -> dict[str, Any]:
     """The notebook's ``check_against_coco``: the student's ``mean_average_precision`` against pycocotools
     (``map``, ``map_50``, ``map_75`` and every entry of ``ap_per_class`` to 1e-6). Returns the student's dict."""
-    expected = coco_evaluate(preds, targets)
-    got = call(student, "mean_average_precision", preds, targets)
+    expected = coco_evaluate(preds, targets, iou_thresholds=iou_thresholds)
+    kwargs = {} if iou_thresholds is None else {"iou_thresholds": list(iou_thresholds)}
+    got = call(student, "mean_average_precision", preds, targets, **kwargs)
     if not isinstance(got, dict) or not {"map", "map_50", "map_75", "ap_per_class"} <= set(got):
         shown = sorted(map(str, got)) if isinstance(got, dict) else type(got).__name__
         raise AssertionError(f"{name}: expected a dict with keys map, map_50, map_75, ap_per_class; got {shown}")
@@ -476,6 +486,12 @@ def test_average_precision(student: Student) -> None:
 # ----------------------------------------------------------------------------- mean_average_precision
 @grades("test_map_matching")
 def test_map_matching(student: Student) -> None:
+    """mean_average_precision (on the trusted steps): perfect detections, noisy scenes against pycocotools."""
+    with student.using(**TRUSTED_STEPS):
+        _map_matching(student)
+
+
+def _map_matching(student: Student) -> None:
     # a detector that returns exactly the ground truth: AP 1 everywhere
     targets = random_targets(5, num_classes=3, seed=1)
     perfect = [
@@ -524,6 +540,13 @@ def test_map_matching(student: Student) -> None:
 
 @grades("test_map_conventions")
 def test_map_conventions(student: Student) -> None:
+    """mean_average_precision (on the trusted steps): empty images, classes never detected or never present,
+    no ground truth at all, no detections at all, custom IoU thresholds (map_50 and map_75 unchanged)."""
+    with student.using(**TRUSTED_STEPS):
+        _map_conventions(student)
+
+
+def _map_conventions(student: Student) -> None:
     # images without any ground truth (their detections are all false positives)
     targets = random_targets(10, num_classes=3, seed=20, empty_fraction=0.4)
     check_against_coco(
@@ -549,6 +572,24 @@ def test_map_conventions(student: Student) -> None:
     targets = random_targets(8, num_classes=1, seed=24)
     preds = simulate_detections(targets, num_classes=6, seed=25, label_noise=0.5, false_positives=3.0)
     check_against_coco(student, "mean_average_precision, one class with ground truth, five without", preds, targets)
+    # no ground truth at all: every mAP is -1 (pycocotools' "undefined"), ap_per_class empty
+    nothing = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)} for _ in range(4)]
+    detections = simulate_detections(random_targets(4, num_classes=2, seed=28), num_classes=2, seed=29)
+    check_against_coco(student, "mean_average_precision, no ground truth in any image", detections, nothing)
+    # no detections at all: AP 0 for every class with ground truth
+    targets = random_targets(5, num_classes=3, seed=30)
+    empty = [
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+        for _ in targets
+    ]
+    check_against_coco(student, "mean_average_precision, no detections at all", empty, targets)
+    # custom thresholds: map averages them, map_50 and map_75 stay AP at 0.5 and 0.75
+    targets = random_targets(10, num_classes=3, seed=34)
+    preds = simulate_detections(targets, seed=35, box_noise=0.12)
+    for thresholds in ([0.6, 0.7], [0.75, 0.85, 0.95], [0.5]):
+        check_against_coco(
+            student, f"mean_average_precision(iou_thresholds={thresholds})", preds, targets, iou_thresholds=thresholds
+        )
     # other IoU thresholds
     targets = random_targets(10, num_classes=3, seed=26)
     preds = simulate_detections(targets, seed=27, box_noise=0.12)
@@ -571,6 +612,12 @@ def test_map_conventions(student: Student) -> None:
 
 @grades("test_map_max_detections")
 def test_map_max_detections(student: Student) -> None:
+    """mean_average_precision (on the trusted steps): COCO's cap of 100 detections per image and class."""
+    with student.using(**TRUSTED_STEPS):
+        _map_max_detections(student)
+
+
+def _map_max_detections(student: Student) -> None:
     # one image, one class: 3 objects, found only by detections ranked 101st to 103rd; above them 100 false positives
     gt = torch.tensor([[2.0, 2.0, 20.0, 20.0], [30.0, 30.0, 60.0, 60.0], [5.0, 40.0, 25.0, 60.0]])
     rng = np.random.default_rng(30)

@@ -10,6 +10,10 @@ in the notebook see the same boxes, but nothing of the kernel is used to build a
 Inputs that must not be modified are checked with a probe that calls the student's function in the
 kernel and sends back its arguments as they are after the call (:func:`_call_keeping_inputs`); the
 comparison with the originals happens here.
+
+One bug, one function's points: each test runs the student's function on torchvision's version of the
+functions it builds on (``student.using``): ``box_area`` in the ``box_iou`` test, ``box_iou`` in the NMS and
+Soft-NMS tests, ``nms`` in the ``batched_nms`` test.
 """
 
 from __future__ import annotations
@@ -187,11 +191,26 @@ def test_box_area(student: Student) -> None:
             rtol=1e-6,
         )
     assert_close("box_area of no boxes", student.call("box_area", torch.zeros(0, 4)), torch.zeros(0))
+    # every dtype torchvision accepts, with areas that overflow int8 and round in float16
+    grid = torch.tensor([[0, 0, 20, 30], [5, 7, 100, 90], [10, 10, 10, 40], [3, 1, 120, 127]])
+    for dtype in (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16):
+        boxes = grid.to(dtype)
+        assert_close(
+            f"box_area of {dtype} boxes (computed and returned in {torchvision.ops.box_area(boxes).dtype})",
+            student.call("box_area", boxes),
+            torchvision.ops.box_area(boxes),
+        )
 
 
 @grades("test_box_iou")
 def test_box_iou(student: Student) -> None:
-    """box_iou: hand-made pairs, boxes apart or touching, random sets (inputs unchanged), zero-area boxes."""
+    """box_iou (on torchvision's box_area): hand-made pairs, boxes apart or touching, random sets (inputs
+    unchanged), zero-area boxes, every dtype torchvision accepts."""
+    with student.using(box_area="torchvision.ops.box_area"):
+        _box_iou_cases(student)
+
+
+def _box_iou_cases(student: Student) -> None:
     a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     b = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0], [2.0, 2.0, 4.0, 4.0]])
     assert_close(
@@ -241,6 +260,18 @@ def test_box_iou(student: Student) -> None:
     assert_close(
         "box_iou against no boxes", student.call("box_iou", random_boxes(5, 7), torch.zeros(0, 4)), torch.zeros(5, 0)
     )
+    grid1 = torch.tensor([[0, 0, 20, 30], [5, 7, 100, 90], [3, 1, 120, 127]])
+    grid2 = torch.tensor([[10, 10, 60, 40], [0, 0, 20, 30], [50, 50, 127, 127], [1, 2, 3, 4]])
+    # not uint8: torchvision subtracts the corners before it upcasts, so disjoint uint8 boxes wrap around
+    for dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16):
+        b1, b2 = grid1.to(dtype), grid2.to(dtype)
+        expected = torchvision.ops.box_iou(b1, b2)
+        assert_close(
+            f"box_iou of {dtype} boxes (computed in a wider type, returned as {expected.dtype})",
+            student.call("box_iou", b1, b2),
+            expected,
+            rtol=1e-6,
+        )
 
 
 @grades("test_box_convert")
@@ -290,8 +321,13 @@ def test_box_convert(student: Student) -> None:
 # ----------------------------------------------------------------------------- 2 greedy NMS
 @grades("test_nms")
 def test_nms(student: Student) -> None:
-    """nms against torchvision.ops.nms: the lecture's four boxes, random boxes of many sizes, thresholds
-    (0 and 1 included) and both float dtypes."""
+    """nms (on torchvision's box_iou) against torchvision.ops.nms: the lecture's four boxes, random boxes of
+    many sizes, thresholds (0 and 1 included) and both float dtypes."""
+    with student.using(box_iou="torchvision.ops.box_iou"):
+        _nms_cases(student)
+
+
+def _nms_cases(student: Student) -> None:
     boxes = torch.tensor(
         [[20.0, 30.0, 90.0, 110.0], [28.0, 29.0, 93.0, 117.0], [82.0, 40.0, 150.0, 120.0], [78.0, 33.0, 156.0, 130.0]]
     )
@@ -328,8 +364,14 @@ def test_nms(student: Student) -> None:
 
 @grades("test_nms_edge_cases")
 def test_nms_edge_cases(student: Student) -> None:
-    """nms edge cases: IoU exactly at the threshold, no boxes, identical boxes, zero-area boxes (nan IoU),
-    clustered detector-like boxes, float64, inputs unchanged."""
+    """nms edge cases (on torchvision's box_iou): IoU exactly at the threshold, thresholds float32 cannot
+    represent, ties between equal scores, no boxes, identical boxes, zero-area boxes (nan IoU), clustered
+    detector-like boxes, float64, inputs unchanged."""
+    with student.using(box_iou="torchvision.ops.box_iou"):
+        _nms_edge_cases(student)
+
+
+def _nms_edge_cases(student: Student) -> None:
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0]])
     assert_close(
         "nms, IoU exactly 0.5 at threshold 0.5: both kept",
@@ -348,6 +390,22 @@ def test_nms_edge_cases(student: Student) -> None:
             f"nms of 400 integer grid boxes, IoU often exactly {threshold}, threshold {threshold}",
             student.call("nms", grid_boxes, grid_scores, threshold),
             torchvision.ops.nms(grid_boxes, grid_scores, threshold),
+        )
+    # thresholds that are not binary fractions: the float32 IoU nearest to 1/3 or 0.3 lies above the
+    # threshold in float64 (torchvision suppresses) but equals it once the threshold is rounded to float32
+    for threshold in (1 / 3, 0.3, 0.6, 0.1, 0.2):
+        assert_close(
+            f"nms of 400 integer grid boxes, threshold {threshold} (compared in float64)",
+            student.call("nms", grid_boxes, grid_scores, threshold),
+            torchvision.ops.nms(grid_boxes, grid_scores, threshold),
+        )
+    # ties: scores on a coarse grid, so many boxes share a score (the lower index comes first)
+    tied_scores = (random_scores(400, seed=35) * 4).floor() / 4
+    for threshold in (0.5, 1.0):
+        assert_close(
+            f"nms of 400 grid boxes with only 4 distinct scores (ties: lower index first), threshold {threshold}",
+            student.call("nms", grid_boxes, tied_scores, threshold),
+            torchvision.ops.nms(grid_boxes, tied_scores, threshold),
         )
     # identical boxes: only the best survives, unless the threshold is 1 (IoU 1 is not > 1)
     same = torch.cat([torch.tensor([[10.0, 10.0, 30.0, 40.0]]).repeat(6, 1), torch.tensor([[50.0, 50.0, 60.0, 60.0]])])
@@ -403,8 +461,14 @@ def test_nms_edge_cases(student: Student) -> None:
 # ----------------------------------------------------------------------------- 3 NMS per category
 @grades("test_batched_nms")
 def test_batched_nms(student: Student) -> None:
-    """batched_nms against torchvision.ops.batched_nms: both of torchvision's paths (offset trick up to
-    1,000 boxes, loop above), many categories, odd category ids, one category, no boxes, inputs unchanged."""
+    """batched_nms (on torchvision's nms) against torchvision.ops.batched_nms: both of torchvision's paths
+    (offset trick up to 1,000 boxes, loop above), many categories, odd category ids, one category, negative
+    coordinates (against the per-category loop), no boxes, inputs unchanged."""
+    with student.using(nms="torchvision.ops.nms"):
+        _batched_nms_cases(student)
+
+
+def _batched_nms_cases(student: Student) -> None:
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0], [0.0, 1.0, 10.0, 11.0]])
     scores = torch.tensor([0.9, 0.8, 0.7])
     idxs = torch.tensor([0, 1, 0])
@@ -467,6 +531,18 @@ def test_batched_nms(student: Student) -> None:
         student.call("batched_nms", one_boxes, one_scores, torch.full((500,), 2), 0.5),
         torchvision.ops.nms(one_boxes, one_scores, 0.5),
     )
+    # negative coordinates (boxes that stick out of the image on the left and top): the offsets must
+    # separate the categories whatever the sign; the reference is torchvision's per-category loop
+    for n, categories, seed, shift in [(300, 4, 47, -400.0), (200, 30, 48, -150.0), (150, 3, 49, -1000.0)]:
+        boxes = clustered_boxes(n, max(1, n // 15), seed, canvas=300.0).round() + shift
+        scores = random_scores(n, seed)
+        idxs = torch.randint(0, categories, (n,), generator=torch.Generator().manual_seed(seed))
+        assert_close(
+            f"batched_nms of {n} boxes with negative coordinates (from {boxes.min().item():g} to "
+            f"{boxes.max().item():g}) in {categories} categories",
+            student.call("batched_nms", boxes, scores, idxs, 0.5),
+            torchvision.ops.boxes._batched_nms_vanilla(boxes, scores, idxs, 0.5),
+        )
     assert_close(
         "batched_nms of no boxes",
         student.call("batched_nms", torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5),
@@ -482,8 +558,14 @@ def _soft_nms(student: Student, name: str, boxes: Tensor, scores: Tensor, **kwar
 
 @grades("test_soft_nms")
 def test_soft_nms(student: Student) -> None:
-    """soft_nms: hand-computed Gaussian and linear cases, the score threshold, a float64 chain, sigma,
-    random float64 boxes against the plain-Python reference (inputs unchanged), nothing left."""
+    """soft_nms (on torchvision's box_iou): hand-computed Gaussian and linear cases, the score threshold, a
+    float64 chain, sigma, random float64 boxes against the plain-Python reference (inputs unchanged), ties,
+    zero-area boxes, nothing left."""
+    with student.using(box_iou="torchvision.ops.box_iou"):
+        _soft_nms_cases(student)
+
+
+def _soft_nms_cases(student: Student) -> None:
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
     scores = torch.tensor([0.9, 0.8, 0.7])
     # box 0 first; box 1 overlaps it with IoU 1/3 and decays to 0.8 exp(-(1/3)^2 / 0.5) = 0.64; box 2 keeps 0.7
@@ -558,6 +640,30 @@ def test_soft_nms(student: Student) -> None:
         )
         _unchanged("soft_nms must not modify boxes", boxes_after, boxes_r)
         _unchanged("soft_nms must not modify scores", scores_after, scores_r)
+    # ties between equal scores (lower index first) and zero-area boxes (IoU nan counts as 0)
+    tie_boxes = torch.tensor(
+        [[0.0, 0, 10, 10], [20, 20, 30, 30], [5, 5, 5, 5], [5, 5, 5, 5], [1, 0, 11, 10], [40, 40, 50, 45]],
+        dtype=torch.float64,
+    )
+    tie_scores = torch.tensor([0.5, 0.9, 0.9, 0.7, 0.9, 0.5], dtype=torch.float64)
+    for method in ("gaussian", "linear"):
+        expected_keep, expected_scores = soft_nms_reference(tie_boxes, tie_scores, 0.3, 0.5, 0.05, method)
+        keep, new_scores = _soft_nms(
+            student,
+            f"soft_nms {method}, ties and zero-area boxes",
+            tie_boxes,
+            tie_scores,
+            method=method,
+            iou_threshold=0.3,
+            sigma=0.5,
+            score_threshold=0.05,
+        )
+        assert_close(
+            f"soft_nms {method}, equal scores (lower index first) and zero-area boxes: keep", keep, expected_keep
+        )
+        assert_close(
+            f"soft_nms {method}, equal scores and zero-area boxes: new_scores", new_scores, expected_scores, rtol=1e-12
+        )
     # nothing left: no boxes, or every score below the threshold
     keep, new_scores = _soft_nms(student, "soft_nms of no boxes", torch.zeros(0, 4), torch.zeros(0))
     assert_close("soft_nms of no boxes: keep", keep, INT64_EMPTY)
