@@ -15,8 +15,9 @@ its feedback). It is one of
   so a student who chains their functions differently is judged on their own code, never refused. Caches
   are opaque tokens (``{"__token__": k}`` in an entry): the stand-in backward recognises the stand-in
   forward's token; a cache of the student's own forward goes to the student's own backward.
-* **library code** (:func:`library_class`): a subclass of a library class under the student's name (e.g.
-  torchvision's ``BasicBlock``), defined in the kernel by one line of instructor code.
+* **library code** (:func:`library_class`, :func:`library_function`): a subclass of a library class under the
+  student's name (e.g. torchvision's ``BasicBlock``; a class, so ``isinstance`` and ``block.expansion`` work,
+  unlike ``Student.using``'s function wrappers), or the library function itself.
 
 Every stand-in counts its calls (:func:`calls`), so a test can check that the student's code used it.
 The test must not forbid the library code a stand-in runs (a table runs none).
@@ -170,6 +171,12 @@ def library_class(name: str, base: str, module: str) -> dict:
     """A stand-in class ``name`` that is the library class ``module.base`` under the student's name."""
     code = f"import {module} as _lib\nclass {name}(_lib.{base}):\n    pass\n{name}.__module__ = '__main__'\n"
     return {"kind": "code", "code": code}
+
+
+def library_function(name: str, path: str) -> dict:
+    """A stand-in function ``name`` that is the library function ``path`` (``"torchvision.models.resnet.conv3x3"``)."""
+    module, attr = path.rsplit(".", 1)
+    return {"kind": "code", "code": f"import {module} as _lib\n{name} = _lib.{attr}\n"}
 
 
 @contextlib.contextmanager
