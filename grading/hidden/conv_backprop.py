@@ -15,19 +15,23 @@ What the student may not use while their code runs (the notebook's rules):
   operator is reached) and by Python code object (:data:`LIBRARY`);
 * autograd in the hand-written backward passes: ``autograd=True`` (any operator that runs inside a
   backward computed by torch's engine) plus the public autograd entry points (:data:`AUTOGRAD`). For
-  ``Conv2dFunction`` the student's backward is called twice: once directly through its node
-  (``out.grad_fn.apply(dout)``, outside the engine, with ``autograd=True``: an operator under an autograd
-  node there means the student's backward ran torch's engine itself), once by the engine (a probe calls
-  its C++ entry point, so the public autograd functions stay blocked for the student's code).
+  ``Conv2dFunction`` the engine calls the student's backward (a probe calls its C++ entry point, so the
+  public autograd functions stay blocked for the student's code); which node sits on the output is not
+  checked, and the graph is retained, so ``ctx.save_for_backward`` is as good as ``ctx.cache``.
 
-Two checks of the notebook's test cells had to change form, because the grading agent refuses
-``sys.settrace`` and dispatch-mode changes during a graded call:
+One bug, one function's points (issue 23):
 
-* *vectorized* (the notebook counts executed Python lines on N = H' = W' = 120 with ``sys.settrace``):
-  here the CPU seconds of the sandbox, measured from outside, of one call on inputs that are long along
-  one axis each (N, H' or W' = 16384, 1x1 kernel) and on the notebook's x[120, 1, 120, 120]; a loop over
-  the batch or the output positions costs seconds there, the vectorized layer milliseconds;
-* *no autograd inside Conv2dFunction.backward*: the direct call above instead of a dispatch-mode probe.
+* a backward pass gets the student's own forward's cache, so a wrong gradient counts only on a case where
+  that forward's output is right (:func:`check_conv`, :func:`check_maxpool`);
+* ``Conv2dFunction`` and ``conv_transpose2d_forward`` run with the student's conv functions replaced by
+  trusted tables for their cases (:func:`_conv_stand_ins`, :mod:`grading.hidden._substitutes`); the
+  separate end-to-end cell (gradcheck, one SGD step of a tiny CNN) uses the student's whole chain.
+
+The *vectorized* check of the notebook (it counts executed Python lines on N = H' = W' = 120 with
+``sys.settrace``, which the grading agent refuses during a graded call) is here the CPU seconds of the
+sandbox, measured from outside, of one call on inputs that are long along one axis each (N, H' or
+W' = 16384, 1x1 kernel) and on the notebook's x[120, 1, 120, 120]; a loop over the batch or the output
+positions costs seconds there, the vectorized layer milliseconds.
 """
 
 from __future__ import annotations
