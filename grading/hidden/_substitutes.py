@@ -120,7 +120,7 @@ for _name, _spec in _specs.items():
     if _spec["kind"] == "table":
         _ns[_name] = _stand_in(_name, _spec, _original)
     else:  # a subclass of a library class, under the student's name
-        _scope = {}
+        _scope = {"_original": _original}
         exec(_spec["code"], _scope)
         _ns[_name] = _scope[_name]
 result = None
@@ -168,8 +168,18 @@ def table(params: Sequence[str], entries: Sequence[dict[str, Any]], defaults: di
 
 
 def library_class(name: str, base: str, module: str) -> dict:
-    """A stand-in class ``name`` that is the library class ``module.base`` under the student's name."""
-    code = f"import {module} as _lib\nclass {name}(_lib.{base}):\n    pass\n{name}.__module__ = '__main__'\n"
+    """A stand-in class ``name`` that is the library class ``module.base`` under the student's name; ``isinstance``
+    against it is also true for instances of the student's own class (code that bound the student's class
+    early, e.g. a ``functools.partial`` factory, still meets checks like ``isinstance(m, BasicBlock)``)."""
+    code = (
+        f"import {module} as _lib\n"
+        "class _GraderMeta(type(_lib." + base + ")):\n"
+        "    def __instancecheck__(cls, obj):  # the student's own instances count too\n"
+        "        own = isinstance(_original, type) and isinstance(obj, _original)\n"
+        "        return type.__instancecheck__(cls, obj) or own\n"
+        f"class {name}(_lib.{base}, metaclass=_GraderMeta):\n    pass\n"
+        f"{name}.__module__ = '__main__'\n"
+    )
     return {"kind": "code", "code": code}
 
 
