@@ -9,7 +9,9 @@ forward pass there and compares the result here with torchvision's output comput
 The student's modules never leave the kernel: they are :class:`~grading.trusted.Remote` handles.
 Their structure (sub-module names, classes, convolution strides, channel counts, parameter counts,
 state_dict keys) comes back as plain data from one fixed probe, :data:`DESCRIBE`, and every
-decision about it is made here. torchvision's ResNet code is refused in every call (:data:`FORBID`).
+decision about it is made here. torchvision's ResNet code is refused in every call (:data:`FORBIDDEN`,
+see :func:`graded`), except the torchvision stand-ins a test puts in place of the student's upstream
+classes (:data:`STAND_INS`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from grading.hidden import _substitutes as sub
 from grading.trusted import ForbiddenUse, Remote, Student, StudentError, grades
 from utils.testing import assert_close
 
@@ -39,7 +42,55 @@ FORBIDDEN: tuple[str, ...] = (
     "torchvision.models.resnet34",
     "torchvision.models.resnet50",
 )
-FORBID = dict(python=list(FORBIDDEN))
+# Refused in every call of every test (see :func:`graded`), except the torchvision code a test injects.
+
+# Stand-ins for the student's upstream code (one bug, one function's points): torchvision's own, under the
+# student's names, so that e.g. the ResNet test does not fail because the student's Bottleneck is wrong.
+STAND_INS: dict[str, tuple[str, dict]] = {
+    "conv3x3": (
+        "torchvision.models.resnet.conv3x3",
+        sub.library_function("conv3x3", "torchvision.models.resnet.conv3x3"),
+    ),
+    "conv1x1": (
+        "torchvision.models.resnet.conv1x1",
+        sub.library_function("conv1x1", "torchvision.models.resnet.conv1x1"),
+    ),
+    "BasicBlock": (
+        "torchvision.models.resnet.BasicBlock",
+        sub.library_class("BasicBlock", "BasicBlock", "torchvision.models.resnet"),
+    ),
+    "Bottleneck": (
+        "torchvision.models.resnet.Bottleneck",
+        sub.library_class("Bottleneck", "Bottleneck", "torchvision.models.resnet"),
+    ),
+    "ResNet": ("torchvision.models.resnet.ResNet", sub.library_class("ResNet", "ResNet", "torchvision.models.resnet")),
+}
+HELPERS = ("conv3x3", "conv1x1")
+BLOCKS = (*HELPERS, "BasicBlock", "Bottleneck")
+
+
+def graded(cell_id: str, inject: Sequence[str] = ()) -> Any:
+    """Register the decorated function as the trusted test of ``cell_id``, run with :data:`FORBIDDEN` refused
+    in every call and the student's names ``inject`` replaced by torchvision's (:data:`STAND_INS`), whose
+    code alone is then allowed."""
+
+    def register(func: Any) -> Any:
+        allowed = {STAND_INS[name][0] for name in inject}
+
+        def run_test(student: Student) -> None:
+            with student.forbid(python=[p for p in FORBIDDEN if p not in allowed]):
+                if not inject:
+                    func(student)
+                    return
+                with sub.substituted(student, {name: STAND_INS[name][1] for name in inject}):
+                    func(student)
+
+        run_test.__doc__ = func.__doc__
+        grades(cell_id)(run_test)
+        return func
+
+    return register
+
 
 # ----------------------------------------------------------------------------- kernel probes (drive, never decide)
 # The structure of the module ``model``: for every named sub-module its name, id, the (module, qualname)
@@ -338,7 +389,7 @@ def class_attribute(student: Student, cls: str, attr: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- section 2: conv3x3, conv1x1
-@grades("test_conv_helpers")
+@graded("test_conv_helpers")
 def test_conv_helpers(student: Student) -> None:
     convs = []
     for args, kwargs, label in [
@@ -388,7 +439,7 @@ def test_conv_helpers(student: Student) -> None:
 
 
 # ----------------------------------------------------------------------------- section 3: BasicBlock
-@grades("test_basic_block")
+@graded("test_basic_block", inject=HELPERS)
 def test_basic_block(student: Student) -> None:
     assert_close("BasicBlock.expansion", class_attribute(student, "BasicBlock", "expansion"), 1)
     with seeded(0):
@@ -459,7 +510,7 @@ def test_basic_block(student: Student) -> None:
 
 
 # ----------------------------------------------------------------------------- section 4: Bottleneck
-@grades("test_bottleneck")
+@graded("test_bottleneck", inject=HELPERS)
 def test_bottleneck(student: Student) -> None:
     assert_close("Bottleneck.expansion", class_attribute(student, "Bottleneck", "expansion"), 4)
     with seeded(0):
@@ -520,7 +571,7 @@ def test_bottleneck(student: Student) -> None:
 
 
 # ----------------------------------------------------------------------------- section 5: ResNet
-@grades("test_resnet_structure")
+@graded("test_resnet_structure", inject=BLOCKS)
 def test_resnet_structure(student: Student) -> None:
     label = "ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10)"
     seed_kernel(student, 0)
@@ -647,7 +698,7 @@ def test_resnet_structure(student: Student) -> None:
     )
 
 
-@grades("test_zero_init_residual")
+@graded("test_zero_init_residual", inject=BLOCKS)
 def test_zero_init_residual(student: Student) -> None:
     label = "ResNet(BasicBlock, [1, 1, 1, 1], zero_init_residual=True)"
     model = build(student, label)
@@ -703,48 +754,55 @@ def test_zero_init_residual(student: Student) -> None:
 
 
 # ----------------------------------------------------------------------------- section 6: resnet18/34/50
-@grades("test_resnet_torchvision")
+def check_factory(student: Student, name: str, shape: tuple[int, ...], seed: int, randomise_seed: int) -> Structure:
+    """``name()`` (the student's factory) against torchvision's: parameters, state_dict, outputs with torchvision's
+    weights (random BN statistics) on ``Tensor[shape]``."""
+    with seeded(seed):
+        reference = randomise_(getattr(torchvision.models, name)(weights=None), seed=randomise_seed)
+    seed_kernel(student, seed)
+    model = build(student, f"{name}()")
+    structure = describe(student, model, f"{name}()")
+    assert_own_modules(f"{name}()", structure)
+    assert_close(
+        f"{name}() parameter count",
+        structure.count_parameters(),
+        sum(p.numel() for p in reference.parameters() if p.requires_grad),
+    )
+    load_reference(student, model, structure, reference, f"{name}()")
+    compare_outputs(
+        student,
+        f"{name} with torchvision's weights, eval mode, on Tensor{list(shape)}",
+        model,
+        reference,
+        randn(600 + seed, *shape),
+    )
+    return structure
+
+
+@graded("test_resnet_torchvision", inject=(*BLOCKS, "ResNet"))
 def test_resnet_torchvision(student: Student) -> None:
+    """The factories alone (the student's ResNet and blocks replaced by torchvision's): the right block type and
+    layout, keyword arguments passed on."""
     for name, shape, seed, randomise_seed in [
-        ("resnet18", (1, 3, 64, 64), 0, 7),
-        ("resnet34", (2, 3, 48, 64), 10, 20),
-        ("resnet50", (1, 3, 64, 64), 11, 21),
+        ("resnet18", (1, 3, 32, 32), 0, 7),
+        ("resnet34", (1, 3, 32, 48), 10, 20),
+        ("resnet50", (1, 3, 32, 32), 11, 21),
     ]:
-        with seeded(seed):
-            reference = randomise_(getattr(torchvision.models, name)(weights=None), seed=randomise_seed)
-        seed_kernel(student, seed)
-        model = build(student, f"{name}()")
-        structure = describe(student, model, f"{name}()")
-        assert_own_modules(f"{name}()", structure)
-        assert_close(
-            f"{name}() parameter count",
-            structure.count_parameters(),
-            sum(p.numel() for p in reference.parameters() if p.requires_grad),
-        )
-        load_reference(student, model, structure, reference, f"{name}()")
-        compare_outputs(
-            student,
-            f"{name} with torchvision's weights, eval mode, on Tensor{list(shape)}",
-            model,
-            reference,
-            randn(600 + seed, *shape),
-        )
-        del model, reference, structure
-    # stride placement and final ReLU inside the full networks
-    r50 = build(student, "resnet50(num_classes=5, zero_init_residual=True)")
-    r18 = build(student, "resnet18(num_classes=3)")
-    s50 = describe(student, r50, "resnet50(num_classes=5, zero_init_residual=True)")
-    s18 = describe(student, r18, "resnet18(num_classes=3)")
-    assert_close(
-        "resnet50(num_classes=5).fc.out_features",
-        s50.module("resnet50(num_classes=5)", "fc").attrs.get("out_features"),
-        5,
-    )
-    assert_close(
-        "resnet18(num_classes=3).fc.out_features",
-        s18.module("resnet18(num_classes=3)", "fc").attrs.get("out_features"),
-        3,
-    )
+        check_factory(student, name, shape, seed, randomise_seed)
+    label = "resnet18(num_classes=3, zero_init_residual=True)"
+    r18 = build(student, label)
+    s18 = describe(student, r18, label)
+    assert_close(f"{label}.fc.out_features", s18.module(label, "fc").attrs.get("out_features"), 3)
+    w = state_entries(student, r18, ["layer4.1.bn2.weight"], label)["layer4.1.bn2.weight"]
+    assert_close(f"{label} passes zero_init_residual on to ResNet", w, torch.zeros_like(w))
+
+
+@graded("test_resnet_end_to_end")
+def test_resnet_end_to_end(student: Student) -> None:
+    """The student's whole chain: resnet18 and resnet50 built from their own ResNet and blocks load torchvision's
+    weights and compute torchvision's outputs; stride placement inside the full networks."""
+    s18 = check_factory(student, "resnet18", (1, 3, 64, 64), 0, 7)
+    s50 = check_factory(student, "resnet50", (1, 3, 64, 64), 11, 21)
     assert_close(
         "resnet50 layer3[0]: stride on conv2 (v1.5), not conv1",
         (
@@ -756,8 +814,6 @@ def test_resnet_torchvision(student: Student) -> None:
     assert_close(
         "resnet18 layer3[0]: stride on conv1", s18.module("resnet18", "layer3.0.conv1").attrs.get("stride"), (2, 2)
     )
-    w = state_entries(student, r50, ["layer4.2.bn3.weight"], "resnet50(zero_init_residual=True)")["layer4.2.bn3.weight"]
-    assert_close("resnet50(zero_init_residual=True) zeroes layer4[2].bn3.weight", w, torch.zeros_like(w))
 
 
 # ----------------------------------------------------------------------------- section 7: CIFAR ResNets
@@ -771,7 +827,7 @@ def cifar_params(depth: int, num_classes: int) -> int:
     return total + 64 * num_classes + num_classes  # fc
 
 
-@grades("test_resnet_cifar")
+@graded("test_resnet_cifar", inject=BLOCKS)
 def test_resnet_cifar(student: Student) -> None:
     shortcut = build(student, "ShortcutA(16, 32, stride=2)")
     x = randn(700, 2, 16, 8, 8)
@@ -843,7 +899,7 @@ def test_resnet_cifar(student: Student) -> None:
         """
 import torch as _torch
 _features = {}
-_hook = model.layer3.register_forward_hook(lambda module, inputs, out: _features.__setitem__("layer3", tuple(out.shape)))
+_hook = model.layer3.register_forward_hook(lambda _m, _i, out: _features.__setitem__("layer3", tuple(out.shape)))
 with _torch.no_grad():
     _logits = model.eval()(x)
 _hook.remove()
