@@ -90,7 +90,7 @@ test-fast: setup
 release: setup
 	$(VENV)/bin/python -m grading release $(ASSIGNMENTS)
 
-# Regenerate tests/submissions/<a>/<bug>.ipynb from each manifest.json (wrong submissions).
+# Write tests/submissions/<a>/<bug>.ipynb from each manifest.json, to read them (git ignores them: tests build their own).
 submissions: setup
 	$(VENV)/bin/python -m grading submissions $(ASSIGNMENTS)
 

@@ -12,7 +12,8 @@ and MyST-NB (``book/conf.py`` says why those), from a staging folder ``book/_bui
 * ``index.md``, the table of contents.
 
 Execution is cached (jupyter-cache, ``book/_build/.jupyter_cache``), keyed on the code cells: a rebuild after a
-prose edit executes nothing. ``--jobs`` executes chapters in parallel (Sphinx's parallel read).
+prose edit executes nothing. ``--jobs`` chapters execute at a time (jupyter-cache's parallel executor), before
+Sphinx renders everything from the cache.
 """
 
 from __future__ import annotations
@@ -154,11 +155,43 @@ def stage() -> list[str]:
     return pages
 
 
+CACHE = BUILD / ".jupyter_cache"
+
+
+def execute_into_cache(jobs: int, timeout: int = 900) -> None:
+    """Execute every staged chapter whose code is not cached yet, ``jobs`` at a time (jupyter-cache's
+    ``local-parallel`` executor, in the chapter's folder), and fail with the first error's traceback.
+
+    MyST-NB then renders from the cache; executing here rather than inside a parallel Sphinx build also
+    keeps the outputs (which a parallel read can lose)."""
+    from jupyter_cache import get_cache
+    from jupyter_cache.executors import load_executor
+
+    cache = get_cache(str(CACHE))
+    for path in sorted((STAGE / "notebooks").glob("*.ipynb")):
+        cache.add_nb_to_project(str(path))
+    executor = load_executor("local-parallel" if jobs > 1 else "local-serial", cache=cache)
+    result = executor.run_and_cache(timeout=timeout)
+    if result.errored:
+        records = {r.uri: r for r in cache.list_project_records()}
+        failed = [f"{uri}:\n{records[uri].traceback}" for uri in result.errored if uri in records]
+        raise RuntimeError("a chapter failed to execute:\n" + "\n".join(failed or result.errored))
+
+
 def build(jobs: int = 1, out: Path = HTML, execute: bool = True) -> Path:
     start = time.perf_counter()
     stage()
     env = dict(os.environ, COURSE_STATIC_WIDGETS="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     env.pop("COURSE_EXERCISES_REQUIRED", None)  # the book is the student's copy: its stubs are empty
+    if execute:
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(env)  # the kernels inherit it
+        try:
+            execute_into_cache(jobs)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
     cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-j", str(jobs), "-q", str(STAGE), str(out)]
     if not execute:
         cmd += ["-D", "nb_execution_mode=off"]

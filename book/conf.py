@@ -24,8 +24,8 @@ myst_heading_anchors = 3
 suppress_warnings = ["myst.header"]  # chapters start sections at ## under a # title, as notebooks do
 
 # execution: cached on the code cells, every error fails the build, a chapter has the CPU budget of the course
-nb_execution_mode = "cache"
-nb_execution_cache_path = str(Path(__file__).resolve().parent.parent / ".jupyter_cache")  # book/_build/
+nb_execution_mode = "cache"  # book/build.py fills the cache first, in parallel
+nb_execution_cache_path = str(Path(__file__).resolve().parent.parent / ".jupyter_cache")  # book/_build/.jupyter_cache
 nb_execution_timeout = 900
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True

@@ -28,9 +28,10 @@ must get every autograded point. ``from_file`` names a Python file next to the m
 ``# %% <grade_id>`` lines start the new source of that solution cell (the whole cell is replaced); it
 may be combined with ``cell``/``replace``, which is applied afterwards.
 
-``python -m grading submissions <assignment>`` writes ``tests/submissions/<assignment>/<bug>.ipynb``;
-the test suite checks that the committed files equal a fresh build, and :func:`manifest_problems` that
-the manifest is well formed.
+The tests and the tools build the submissions from the manifest whenever they need them
+(:func:`wrong_submissions`); they are not committed. ``python -m grading submissions <assignment>`` writes them
+to ``tests/submissions/<assignment>/<bug>.ipynb`` (git-ignored) for reading; :func:`manifest_problems` checks
+that the manifest is well formed.
 """
 
 from __future__ import annotations

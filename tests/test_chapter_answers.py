@@ -91,8 +91,11 @@ def statements(code: str) -> list[Statement]:
 
 
 def solution_regions(nb: nbformat.NotebookNode, kind: str = "SOLUTION") -> Iterator[tuple[str, str]]:
-    """(grade_id, code) of every ``### BEGIN <kind>`` .. ``### END <kind>`` region of a source notebook."""
+    """(grade_id, code) of every ``### BEGIN <kind>`` .. ``### END <kind>`` region of a source notebook's code cells
+    (a written answer, a markdown cell, is prose: the edition's line search covers it)."""
     for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
         inside, lines = False, []
         for line in cell.source.split("\n"):
             if f"### BEGIN {kind}" in line:
