@@ -29,6 +29,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -219,6 +220,12 @@ def running_hub(n_students: int, out: Path) -> Iterator[RunningHub]:
     if not PROXY.exists():
         pytest.fail("configurable-http-proxy is missing: make hub-deps")
     out.mkdir(parents=True, exist_ok=True)
+    # every user's server runs from this checkout's .venv: where the checkout sits in a folder other users cannot
+    # enter (a clone under /root), let them pass through it (search permission only, no listing), as make hub's
+    # message asks an instructor to, and put the modes back afterwards
+    opened = [(d, d.stat().st_mode) for d in REPO.parents if d != Path("/") and not d.stat().st_mode & stat.S_IXOTH]
+    for folder, mode in opened:
+        os.chmod(folder, stat.S_IMODE(mode) | stat.S_IXOTH)
     # not pytest's tmp_path (0700 root): the students and the postgres user must traverse it
     root = Path(tempfile.mkdtemp(prefix="dlcv-hub-test-", dir="/tmp"))
     os.chmod(root, 0o755)
@@ -273,6 +280,8 @@ def running_hub(n_students: int, out: Path) -> Iterator[RunningHub]:
             hubmod.remove_user(name)
         postgres.stop(pg_home)
         shutil.rmtree(root, ignore_errors=True)
+        for folder, mode in opened:
+            os.chmod(folder, stat.S_IMODE(mode))
 
 
 @pytest.fixture(scope="module")
