@@ -374,7 +374,10 @@ def test_a_captured_or_torch_ops_reference_to_a_forbidden_function_is_refused(re
 def test_classmates_before_and_after_keep_full_marks(redteam, assignment):
     for student in ("aaa_classmate", "zzz_classmate"):
         score = redteam["scores"][assignment][student]
-        assert score.total == score.max_total == 100, f"{student}: {score.total} (failed {score.failed()})"
+        # every autograded point (the written answer is graded by hand, later); the points add up to 100
+        assert score.auto_total == score.auto_max > 0 and score.max_total == 100, (
+            f"{student}: {score.auto_total} of {score.auto_max} autograded (failed {score.failed()})"
+        )
 
 
 def test_instructor_files_are_unchanged_and_unseen(redteam):
