@@ -183,6 +183,7 @@ def build(jobs: int = 1, out: Path = HTML, execute: bool = True) -> Path:
     stage()
     env = dict(os.environ, COURSE_STATIC_WIDGETS="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     env.pop("COURSE_EXERCISES_REQUIRED", None)  # the book is the student's copy: its stubs are empty
+    env.pop("MPLBACKEND", None)  # the inline backend, whose figures become the book's images (pytest sets Agg)
     if execute:
         saved = dict(os.environ)
         os.environ.clear()

@@ -120,12 +120,14 @@ def test_student_fetches_fills_in_and_submits_then_the_instructor_sees_it(browse
     collected = hub.hub.course_dir(hub.instructor) / "submitted" / student / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
     cells = nbformat.read(collected, as_version=4).cells
     stub = next(c for c in cells if c.metadata.get("nbgrader", {}).get("grade_id") == STUB)
-    assert "NotImplementedError" not in stub.source and body.strip().split("\n")[0].strip() in stub.source
+    assert "NotImplementedError" not in stub.source and all(
+        b.strip().split("\n")[0].strip() in stub.source for b in body
+    )
     _shot(page, "instructor_formgrader_submission")
     context.close()
 
 
-def _solution_body() -> str:
+def _solution_body() -> list[str]:
     spec = importlib.util.spec_from_file_location(
         "student_view_instructor", REPO / "tests" / "browser" / "test_student_view.py"
     )

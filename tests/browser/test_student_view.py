@@ -56,15 +56,22 @@ def make_args() -> list:
     return [f"VENV={REPO / '.venv'}"]
 
 
-def solution_body(assignment: str, grade_id: str) -> str:
-    """The code between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` of one solution cell, dedented."""
+def solution_body(assignment: str, grade_id: str) -> list[str]:
+    """The code of each ``### BEGIN SOLUTION`` .. ``### END SOLUTION`` region of one solution cell, dedented, in order
+    (one per stub of the released cell)."""
     nb = nbformat.read(solution_notebook(assignment), as_version=4)
     cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
-    lines = cell.source.split("\n")
-    begin = next(i for i, line in enumerate(lines) if "### BEGIN SOLUTION" in line)
-    end = next(i for i, line in enumerate(lines) if "### END SOLUTION" in line)
-    assert cell.source.count("### BEGIN SOLUTION") == 1, f"{grade_id}: pick a cell with a single solution region"
-    return textwrap.dedent("\n".join(lines[begin + 1 : end]))
+    regions, current = [], None
+    for line in cell.source.split("\n"):
+        if "### BEGIN SOLUTION" in line:
+            current = []
+        elif "### END SOLUTION" in line:
+            regions.append(textwrap.dedent("\n".join(current)))
+            current = None
+        elif current is not None:
+            current.append(line)
+    assert regions, f"{grade_id}: no solution region"
+    return regions
 
 
 def test_the_solution_typed_into_a_stub_passes_its_visible_test(browser, lab, edition_root):

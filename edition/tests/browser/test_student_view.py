@@ -324,17 +324,23 @@ def _wait_idle(page, timeout_s: int = 120) -> None:
         time.sleep(0.5)
 
 
-def fill_stub_and_run_its_test(page, release: Path, grade_id: str, body: str) -> str:
+def fill_stub_and_run_its_test(page, release: Path, grade_id: str, body: str | list[str]) -> str:
     """As a student would: run the cells above the stub ``grade_id`` of the notebook open in ``page`` (its file:
-    ``release``) with Shift+Enter, replace its ``raise NotImplementedError()`` by ``body`` (typed into the editor),
+    ``release``) with Shift+Enter, replace its ``raise NotImplementedError()`` by ``body`` (one answer for every stub
+    of the cell, or a list of one answer per stub, typed into the editor),
     run it and the test cell below it. Returns the test cell's output text."""
     import nbformat
 
     nb = nbformat.read(release, as_version=4)
     index = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
     stub = nb.cells[index].source
-    indent = stub.split("raise NotImplementedError()")[0].split("\n")[-1]
-    filled = stub.replace("raise NotImplementedError()", ("\n" + indent).join(body.strip().split("\n")))
+    parts = stub.split("raise NotImplementedError()")
+    bodies = [body] * (len(parts) - 1) if isinstance(body, str) else list(body)
+    assert len(bodies) == len(parts) - 1, f"{grade_id}: {len(parts) - 1} stubs, {len(bodies)} answers"
+    filled = parts[0]
+    for answer, rest in zip(bodies, parts[1:]):
+        indent = filled.split("\n")[-1]  # the stub's own indentation
+        filled += ("\n" + indent).join(answer.strip().split("\n")) + rest
     _click(page, page.locator(".jp-Cell").first)
     page.keyboard.press("Escape")
     for _ in range(index):  # run every cell above the stub; the active cell moves down one at a time
