@@ -686,23 +686,26 @@ def test_conv2d_backward_fast(student: Student) -> None:
     )
 
 
+# (x shape, kernel, stride[, "non-contiguous"]) of both max-pooling tests; the backward test adds one case
+MAXPOOL_CASES = [
+    ((2, 3, 8, 8), 2, 2),
+    ((2, 2, 7, 7), 3, 2),
+    ((1, 3, 9, 6), 3, 1),
+    ((2, 2, 5, 7), 1, 1),
+    ((1, 2, 10, 7), 2, 3),
+    ((3, 1, 6, 9), 3, 3),
+    ((1, 1, 4, 4), 4, 1),
+]
+MAXPOOL_NON_CONTIGUOUS = [((2, 3, 7, 6), 2, 2, "non-contiguous"), ((1, 2, 9, 8), 3, 2, "non-contiguous")]
+
+
 @grades("test_maxpool2d_forward")
 def test_maxpool2d_forward(student: Student) -> None:
     check_guards(student, "test_maxpool2d_forward")
     check_maxpool(
         student,
         "maxpool2d_forward",
-        [
-            ((2, 3, 8, 8), 2, 2),
-            ((2, 2, 7, 7), 3, 2),
-            ((1, 3, 9, 6), 3, 1),
-            ((2, 2, 5, 7), 1, 1),
-            ((1, 2, 10, 7), 2, 3),
-            ((3, 1, 6, 9), 3, 3),
-            ((1, 1, 4, 4), 4, 1),
-            ((2, 3, 7, 6), 2, 2, "non-contiguous"),
-            ((1, 2, 9, 8), 3, 2, "non-contiguous"),
-        ],
+        [*MAXPOOL_CASES, *MAXPOOL_NON_CONTIGUOUS],
         backward=False,
     )
 
@@ -713,18 +716,7 @@ def test_maxpool2d_backward(student: Student) -> None:
     check_maxpool(
         student,
         "maxpool2d_backward",
-        [
-            ((2, 3, 8, 8), 2, 2),
-            ((2, 2, 7, 7), 3, 2),
-            ((1, 3, 9, 6), 3, 1),
-            ((2, 2, 5, 7), 1, 1),
-            ((1, 2, 10, 7), 2, 3),
-            ((3, 1, 6, 9), 3, 3),
-            ((1, 1, 4, 4), 4, 1),
-            ((2, 2, 11, 8), 3, 2),
-            ((2, 3, 7, 6), 2, 2, "non-contiguous"),
-            ((1, 2, 9, 8), 3, 2, "non-contiguous"),
-        ],
+        [*MAXPOOL_CASES, ((2, 2, 11, 8), 3, 2), *MAXPOOL_NON_CONTIGUOUS],
     )
 
 
