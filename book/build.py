@@ -109,9 +109,8 @@ def stage() -> list[str]:
             shutil.copytree(src, STAGE / name)
         elif src.exists():
             shutil.copy2(src, STAGE / name)
-    shutil.copy2(ROOT / "requirements.txt", STAGE / "requirements.txt")  # chapter 0 compares the pins
     known = {p.stem for p in chapters()}
-    pages, toc_chapters, toc_assignments = [], [], []
+    toc_chapters, toc_assignments = [], []
     (STAGE / "notebooks").mkdir()
     for path in chapters():
         nb = without_solutions(nbformat.read(path, as_version=4))
@@ -151,8 +150,7 @@ def stage() -> list[str]:
         "",
     ]
     (STAGE / "index.md").write_text("\n".join(index))
-    pages = ["index", *toc_chapters, *toc_assignments]
-    return pages
+    return ["index", *toc_chapters, *toc_assignments]
 
 
 CACHE = BUILD / ".jupyter_cache"

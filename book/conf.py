@@ -33,7 +33,7 @@ nb_execution_excludepatterns = ["assignments/*"]  # the releases are tasks with 
 nb_merge_streams = True
 nb_output_stderr = "remove"  # progress bars and warnings go to stderr: not what a reader needs
 
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "requirements.txt"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 html_theme = "sphinx_book_theme"
 html_title = project
 html_theme_options = {
