@@ -166,6 +166,9 @@ def execute_into_cache(jobs: int, timeout: int = 900) -> None:
     from jupyter_cache.executors import load_executor
 
     cache = get_cache(str(CACHE))
+    for record in cache.list_project_records():  # a chapter renamed, removed or left out (BOOK_CHAPTERS)
+        if not Path(record.uri).exists():
+            cache.remove_nb_from_project(record.pk)
     for path in sorted((STAGE / "notebooks").glob("*.ipynb")):
         cache.add_nb_to_project(str(path))
     executor = load_executor("local-parallel" if jobs > 1 else "local-serial", cache=cache)
