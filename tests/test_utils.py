@@ -366,7 +366,7 @@ def test_interactive_or_static_calls_once_when_headless(monkeypatch):
     assert calls == [(4, 2.5)] and result == 10.0
     monkeypatch.delenv("COURSE_STATIC_WIDGETS")
     monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
-    assert not widgets.under_test()
+    assert not widgets.static_widgets()
     widget = widgets.interactive_or_static(lambda depth: calls.append(depth), depth=ipywidgets.IntSlider(value=2))
     assert isinstance(widget, ipywidgets.interactive)
 
@@ -486,3 +486,23 @@ def test_plot_layer_log_hist_covers_every_scale_and_names_the_layers():
     colours = {p.get_edgecolor() for p in ax.patches}
     assert len(colours) == 6, "each layer has its own colour"
     plt.close(fig)
+
+
+def test_start_notebook_seeds_limits_threads_and_says_so(capsys):
+    import torch
+
+    from utils.notebook import start_notebook
+
+    before = torch.get_num_threads()
+    try:
+        device = start_notebook(seed=3, threads=1)
+        first = torch.rand(4)
+        assert torch.get_num_threads() == 1
+        assert device == utils.get_device()
+        start_notebook(seed=3, threads=None)
+        assert torch.equal(torch.rand(4), first), "the same seed must give the same draws"
+        assert torch.get_num_threads() == 1, "threads=None keeps the current setting"
+        out = capsys.readouterr().out
+        assert f"torch {torch.__version__}" in out and "1 CPU thread |" in out and "seed 3" in out
+    finally:
+        torch.set_num_threads(before)

@@ -6,12 +6,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["under_test", "interactive_or_static"]
+__all__ = ["static_widgets", "interactive_or_static"]
 
 
-def under_test() -> bool:
-    """True when a notebook runs headless: under ``make test`` (nbval sets ``COURSE_STATIC_WIDGETS=1``)
-    or under nbgrader (``NBGRADER_EXECUTION``)."""
+def static_widgets() -> bool:
+    """True when nobody is there to move a slider, so widgets draw one static figure instead: under ``make test``
+    and the book build (``COURSE_STATIC_WIDGETS=1``) and under nbgrader (``NBGRADER_EXECUTION``)."""
     return bool(os.environ.get("COURSE_STATIC_WIDGETS") or os.environ.get("NBGRADER_EXECUTION"))
 
 
@@ -24,7 +24,7 @@ def interactive_or_static(func: Callable[..., Any], **controls: Any) -> Any:
     """
     import ipywidgets
 
-    if under_test():
+    if static_widgets():
         values = {name: (c.value if isinstance(c, ipywidgets.ValueWidget) else c) for name, c in controls.items()}
         shown = ", ".join(f"{name}={value!r}" for name, value in values.items())
         print(f"[static figure at {shown}: in JupyterLab this cell shows live controls that redraw it]")
