@@ -14,31 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from utils._pins import environment_yml_pins, requirement_pins
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _requirements() -> dict:
-    pins = {}
-    for line in (REPO / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            assert version, f"requirements.txt: {line!r} is not pinned with =="
-            pins[name.lower()] = version
-    return pins
+    return requirement_pins(REPO)
 
 
 def _environment_yml_pip() -> dict:
     text = (REPO / "environment.yml").read_text()
     assert re.search(r"^\s*-\s*python=3\.11\s*$", text, re.M), "environment.yml must ask for python=3.11"
     assert re.search(r"^\s*-\s*conda-forge\s*$", text, re.M), "environment.yml must use conda-forge"
-    block = text.split("- pip:", 1)[1]
-    pins = {}
-    for line in block.splitlines():
-        m = re.match(r"^\s*-\s*([A-Za-z0-9_.\-\[\]]+)==(\S+)\s*$", line)
-        if m:
-            pins[m.group(1).lower()] = m.group(2)
-    return pins
+    return environment_yml_pins(REPO)
 
 
 def test_requirements_pin_the_course_stack():

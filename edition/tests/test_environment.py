@@ -7,26 +7,17 @@ import re
 import subprocess
 from pathlib import Path
 
+from utils._pins import environment_yml_pins, requirement_pins
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _requirements() -> dict:
-    pins = {}
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            assert version, f"requirements.txt: {line!r} is not pinned with =="
-            pins[name.lower()] = version
-    return pins
+    return requirement_pins(ROOT)
 
 
 def test_environment_yml_installs_the_same_requirements():
-    block = (ROOT / "environment.yml").read_text().split("- pip:", 1)[1]
-    pins = {
-        m.group(1).lower(): m.group(2) for m in re.finditer(r"^\s*-\s*([A-Za-z0-9_.\-\[\]]+)==(\S+)\s*$", block, re.M)
-    }
-    assert pins == _requirements()
+    assert environment_yml_pins(ROOT) == _requirements()
 
 
 def test_installed_versions_match_the_pins():
