@@ -4,10 +4,10 @@ python -m grading release [ASSIGNMENT ...]       regenerate assignments/ from so
 python -m grading submissions [ASSIGNMENT ...]   rebuild tests/submissions/<a>/<bug>.ipynb from manifest.json
 python -m grading autograde DIR [--jobs n] [--shard K/N]
                                                  grade DIR/<student>/<assignment>/*.ipynb (make autograde)
-python -m grading check ASSIGNMENT [--keep DIR] [--only BUG,...]
+python -m grading check ASSIGNMENT [--keep DIR] [--only BUG,...] [--jobs n]
                                                  grade the solution, the blank release and every manifest
-                                                 submission in a scratch course; print who lost what and
-                                                 every entry whose must_fail / must_pass is not met
+                                                 submission as a class in a scratch course (make autograde's
+                                                 code); print who lost what and every grade that is wrong
 python -m grading student-edition DEST           write the student edition (a new git repository) into DEST
 """
 
@@ -17,55 +17,31 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import nbformat
-
-from . import pipeline, submissions
-from .paths import REPO, assignment_names, release_notebook
+from . import pipeline, selftest, submissions
+from .paths import REPO, assignment_names
 
 
-def entry_problems(bug: str, spec: dict, score: pipeline.Score) -> list[str]:
-    """What a graded manifest entry gets wrong: a must_fail cell at full points, a must_pass cell below."""
-    failed = set(score.failed())
-    problems = []
-    kept = sorted(set(spec.get("must_fail", [])) - failed)
-    lost = sorted(set(spec.get("must_pass", [])) & failed)
-    if kept:
-        problems.append(f"{bug}: should fail {kept} but they got full points")
-    if lost:
-        problems.append(f"{bug}: should keep {lost} but lost points there ({score.auto_total:g} / {score.auto_max:g})")
-    return problems
-
-
-def check(assignment: str, keep: str | None = None, only: list[str] | None = None) -> int:
+def check(assignment: str, keep: str | None = None, only: list[str] | None = None, jobs: int = 2) -> int:
+    """Grade the solution, the blank release and the manifest's submissions (``only``: these entries) as a class,
+    with ``make autograde``'s code, in a scratch course; print the summary and every problem
+    :func:`grading.selftest.score_problems` finds. Exit status 1 when there is one."""
     root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix=f"check-{assignment}-"))
-    course = pipeline.Course(root)
-    course.generate(assignment)
-    course.submit("solution", assignment, submissions.student_notebook(assignment))
-    course.submit("blank", assignment, nbformat.read(release_notebook(assignment), as_version=4))
-    manifest = submissions.load_manifest(assignment)
-    if only:
-        unknown = sorted(set(only) - set(manifest))
-        if unknown:
-            raise SystemExit(f"not in the manifest of {assignment}: {unknown}")
-        manifest = {bug: spec for bug, spec in manifest.items() if bug in only}
-    for bug, nb in submissions.wrong_submissions(assignment).items():
-        if bug in manifest:
-            course.submit(bug, assignment, nb)
-    seconds = course.autograde(assignment)
-    scores = course.scores(assignment)
-    print(pipeline.summary(scores, assignment))
-    print(f"\n{len(scores)} submissions in {seconds:.0f} s; course folder: {root}")
-    problems = submissions.manifest_problems(assignment)
-    solution = scores["solution"]
-    if solution.failed() or solution.auto_total != solution.auto_max:
-        problems.append(f"solution scores {solution.auto_total:g} / {solution.auto_max:g}, failed {solution.failed()}")
-    if scores["blank"].auto_total != 0:
-        passing = sorted(set(scores["blank"].cells) - set(scores["blank"].failed()) - scores["blank"].manual)
-        problems.append(f"blank release scores {scores['blank'].auto_total:g}: passes {passing}")
-    for bug, spec in manifest.items():
-        problems += entry_problems(bug, spec, scores[bug])
+    try:
+        plan = selftest.class_submissions(assignment, only=only)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    inbox = selftest.write_inbox(root / "inbox", {assignment: plan})
+    course = pipeline.Course(root / "course")
+    scores = pipeline.autograde_folder(inbox, course.root, jobs=jobs).get(assignment, {})
+    print(f"course folder: {course.root}")
+    problems = [f"manifest: {p}" for p in submissions.manifest_problems(assignment)]
+    missing = sorted(set(plan) - set(scores))
+    problems += [f"{student}: not graded (see {course.root / 'ungradable.csv'})" for student in missing]
+    problems += [p for found in selftest.score_problems(assignment, scores).values() for p in found]
     for p in problems:
         print("PROBLEM:", p)
+    if not problems:
+        print(f"{assignment}: every grade is what it should be ({len(scores)} submissions)")
     return 1 if problems else 0
 
 
@@ -86,6 +62,7 @@ def main() -> int:
     p.add_argument("assignment")
     p.add_argument("--keep", help="course folder to use (kept afterwards)")
     p.add_argument("--only", help="grade only these manifest entries (comma-separated), with the solution and blank")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes grading at once")
     p = sub.add_parser("student-edition", help="write the student edition (a new git repository) into DEST")
     p.add_argument("dest")
     args = parser.parse_args()
@@ -101,7 +78,7 @@ def main() -> int:
             Path(args.folder), Path(args.root), jobs=args.jobs, shard=pipeline.parse_shard(args.shard)
         )
     elif args.command == "check":
-        return check(args.assignment, args.keep, args.only.split(",") if args.only else None)
+        return check(args.assignment, args.keep, args.only.split(",") if args.only else None, args.jobs)
     elif args.command == "student-edition":
         from . import edition
 

@@ -1,0 +1,238 @@
+"""The course grades its own test class: is every grade what it should be?
+
+For each assignment, the *class* is: the solution handed in as a student's (``solution``), the untouched release
+(``blank``), every entry of ``tests/submissions/<a>/manifest.json`` (``bug_<entry>``: a wrong submission, or a
+correct-but-different one), and, on request, the fault cases below (students who edit or delete test cells, hand in
+a stray ``utils.py``, trigger torch warnings, or never return). The class is written as an inbox
+``<student>/<assignment>/<assignment>.ipynb`` and graded by what an instructor runs, ``python -m grading autograde``
+(:func:`grading.pipeline.autograde_folder`, ``make autograde``). :func:`score_problems` then decides, from the
+gradebook's scores alone, what is wrong: it is the one judge of ``python -m grading check`` and of
+``tests/test_grading_pipeline.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import re
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from . import pipeline, submissions
+from .paths import REPO, release_notebook
+from .submissions import nbgrader_meta
+
+__all__ = [
+    "FAULTS",
+    "LOOP_TIMEOUT",
+    "Handin",
+    "class_submissions",
+    "entry_problems",
+    "grade_inbox",
+    "first_wrong",
+    "score_problems",
+    "seconds_per_submission",
+    "with_endless_loop",
+    "write_inbox",
+]
+
+# seconds per cell in the endless-loop course (its setup cell must finish within it)
+LOOP_TIMEOUT = 15
+# what a student who shadows the course package would hand in beside the notebook
+STRAY_UTILS = "raise ImportError('a student utils.py shadowed the course utils package')\n"
+
+
+@dataclass
+class Handin:
+    """One student's hand-in for one assignment: the notebook and any other files beside it."""
+
+    notebook: nbformat.NotebookNode
+    files: dict[str, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- fault cases
+def top_level_functions(nb: nbformat.NotebookNode) -> list[tuple[int, str]]:
+    """(cell index, name) of every top-level function the solution cells define, in order."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        if nbgrader_meta(cell).get("solution") and cell.cell_type == "code":
+            found += [(i, node.name) for node in ast.parse(cell.source).body if isinstance(node, ast.FunctionDef)]
+    if not found:
+        raise ValueError("no solution cell defines a top-level function")
+    return found
+
+
+def with_endless_loop(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The student's last function never returns (a classic ``while`` bug); the last one, because fewer tests build
+    on it, so the run shows that the *other* tests still grade."""
+    nb = copy.deepcopy(nb)
+    i, name = top_level_functions(nb)[-1]
+    nb.cells[i].source += f"\n\n\ndef {name}(*args, **kwargs):\n    while True:\n        pass\n"
+    return nb
+
+
+def with_torch_warning(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Correct code that makes torch print a UserWarning each time the first function runs."""
+    nb = copy.deepcopy(nb)
+    i, name = top_level_functions(nb)[0]
+    nb.cells[i].source += (
+        f"\n\n\n_correct_{name} = {name}\n\n\ndef {name}(*args, **kwargs):\n"
+        "    import torch\n"
+        "    torch.tensor(torch.zeros(1))  # torch warns: copy-constructing from a tensor\n"
+        f"    return _correct_{name}(*args, **kwargs)\n"
+    )
+    return nb
+
+
+def with_tests_edited(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A student who replaces every test cell with ``pass``."""
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if nbgrader_meta(cell).get("grade"):
+            cell.source = "pass  # the tests were in the way"
+    return nb
+
+
+def with_test_deleted(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A student who deletes the first test cell."""
+    nb = copy.deepcopy(nb)
+    first = next(i for i, c in enumerate(nb.cells) if nbgrader_meta(c).get("grade"))
+    del nb.cells[first]
+    return nb
+
+
+def first_wrong(assignment: str) -> tuple[str, nbformat.NotebookNode]:
+    """The first wrong entry of the manifest (the base of the edited-tests fault) and its notebook."""
+    manifest = submissions.load_manifest(assignment)
+    bug = next(b for b, spec in manifest.items() if not submissions.is_correct(spec))
+    return bug, submissions.wrong_submissions(assignment)[bug]
+
+
+# fault case -> how to build it from an assignment; each is a student of its own, so a failure names its cause
+FAULTS = {
+    # a wrong submission whose test cells are emptied: the original tests must run and fail it anyway
+    "edited_tests": lambda a: Handin(with_tests_edited(first_wrong(a)[1])),
+    # the solution with its first test cell deleted: never full marks
+    "deleted_test": lambda a: Handin(with_test_deleted(submissions.student_notebook(a))),
+    # the solution with a utils.py beside it that would break the course package if it were imported
+    "stray_utils": lambda a: Handin(submissions.student_notebook(a), {"utils.py": STRAY_UTILS}),
+    # the solution, with a torch UserWarning on stderr every time its first function runs: full marks
+    "torch_warning": lambda a: Handin(with_torch_warning(submissions.student_notebook(a))),
+}
+
+
+# ----------------------------------------------------------------------------- the class
+def class_submissions(assignment: str, only: list[str] | None = None, faults: bool = False) -> dict[str, Handin]:
+    """student -> hand-in: ``solution``, ``blank``, ``bug_<entry>`` for the manifest's entries (``only``: these
+    entries), and with ``faults`` every :data:`FAULTS` case."""
+    manifest = submissions.load_manifest(assignment)
+    if only is not None:
+        unknown = sorted(set(only) - set(manifest))
+        if unknown:
+            raise ValueError(f"not in the manifest of {assignment}: {unknown}")
+    solution = submissions.student_notebook(assignment)
+    plan = {
+        "solution": Handin(solution),
+        "blank": Handin(nbformat.read(release_notebook(assignment), as_version=4)),
+    }
+    for bug, nb in submissions.wrong_submissions(assignment).items():
+        if only is None or bug in only:
+            plan[f"bug_{bug}"] = Handin(nb)
+    if faults:
+        plan.update({name: build(assignment) for name, build in FAULTS.items()})
+    return plan
+
+
+def write_inbox(folder: Path, plan: Mapping[str, Mapping[str, Handin]]) -> Path:
+    """Write ``plan`` (assignment -> student -> hand-in) as ``folder/<student>/<assignment>/``."""
+    for assignment, students in plan.items():
+        for student, handin in students.items():
+            where = Path(folder) / student / assignment
+            where.mkdir(parents=True, exist_ok=True)
+            nbformat.write(handin.notebook, where / f"{assignment}.ipynb")
+            for name, text in handin.files.items():
+                (where / name).write_text(text)
+    return Path(folder)
+
+
+def grade_inbox(
+    inbox: Path, root: Path, jobs: int = 2, cell_timeout: int | None = None, timeout: float = 3600
+) -> subprocess.CompletedProcess:
+    """``python -m grading autograde <inbox> --root <root> --jobs <jobs>``, as ``make autograde`` runs it, in a new
+    course at ``root`` (:class:`grading.pipeline.Course`: its own sqlite gradebook, ``cell_timeout`` seconds per
+    cell if given). Returns the finished process (stdout: the per-assignment summaries and timings)."""
+    pipeline.Course(root, cell_timeout=cell_timeout)  # writes root/nbgrader_config.py
+    return subprocess.run(
+        [sys.executable, "-m", "grading", "autograde", str(inbox), "--root", str(root), "--jobs", str(jobs)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def seconds_per_submission(stdout: str) -> dict[str, float]:
+    """assignment -> seconds per submission, from ``autograde``'s "autograded N submission(s) in S s" lines."""
+    pattern = r"== (\S+): \d+ submission.*?autograded \d+ submission\(s\) in \d+ s \(([\d.]+) s each"
+    found = re.findall(pattern, stdout, re.S)
+    return {assignment: float(seconds) for assignment, seconds in found}
+
+
+# ----------------------------------------------------------------------------- the judge
+def entry_problems(bug: str, spec: dict, score: pipeline.Score) -> list[str]:
+    """What a graded manifest entry gets wrong: a must_fail cell at full points, a must_pass cell below, a wrong
+    submission without any loss, a correct-but-different one without every autograded point."""
+    failed = set(score.failed())
+    problems = []
+    kept = sorted(set(spec.get("must_fail", [])) - failed)
+    lost = sorted(set(spec.get("must_pass", [])) & failed)
+    if kept:
+        problems.append(f"{bug}: should fail {kept} but they got full points")
+    if lost:
+        problems.append(f"{bug}: should keep {lost} but lost points there ({score.auto_total:g} / {score.auto_max:g})")
+    if submissions.is_correct(spec) and score.auto_total != score.auto_max:
+        problems.append(f"{bug}: correct but different, yet {score.auto_total:g} / {score.auto_max:g} autograded")
+    if not submissions.is_correct(spec) and score.auto_total >= score.auto_max:
+        problems.append(f"{bug}: {spec.get('description', 'a wrong submission')} is not penalised")
+    return problems
+
+
+def score_problems(assignment: str, scores: Mapping[str, pipeline.Score]) -> dict[str, list[str]]:
+    """student -> what their score gets wrong, for the students of :func:`class_submissions` that were graded
+    (fault cases are judged by their own tests). Empty lists everywhere: every grade is what it should be.
+
+    * ``solution``: every autograded point, 100 points in all, the written answers waiting for the instructor;
+    * ``blank``: 0 points;
+    * ``bug_<entry>``: :func:`entry_problems` against the manifest.
+    """
+    problems: dict[str, list[str]] = {}
+    manual = set(submissions.manual_cells(assignment))
+    solution = scores.get("solution")
+    if solution is not None:
+        found = []
+        if solution.max_total != 100:
+            found.append(f"solution: the points add up to {solution.max_total:g}, not 100")
+        if solution.failed() or solution.auto_total != solution.auto_max:
+            found.append(
+                f"solution scores {solution.auto_total:g} / {solution.auto_max:g} autograded, "
+                f"failed {solution.failed()}"
+            )
+        if solution.manual != manual:
+            found.append(f"solution: manually graded cells {sorted(solution.manual)}, expected {sorted(manual)}")
+        if solution.needs_manual_grade != bool(manual):
+            found.append(f"solution: needs_manual_grade is {solution.needs_manual_grade} with written answers {manual}")
+        problems["solution"] = found
+    blank = scores.get("blank")
+    if blank is not None:
+        passing = sorted(set(blank.cells) - set(blank.failed()) - blank.manual)
+        problems["blank"] = [f"blank release scores {blank.total:g}: passes {passing}"] if blank.total != 0 else []
+    for bug, spec in submissions.load_manifest(assignment).items():
+        score = scores.get(f"bug_{bug}")
+        if score is not None:
+            problems[f"bug_{bug}"] = entry_problems(bug, spec, score)
+    return problems
