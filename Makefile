@@ -54,10 +54,12 @@ lab: setup
 lab-instructor: setup
 	jupyter lab --ip=127.0.0.1 --port=$(PORT) $(ALLOW_ROOT) $(LAB_ARGS)
 
-# Two phases, each using both cores: first the grading pipeline alone (its fixture grades in $(JOBS)
-# threads, so its clock is the grading time an instructor sees), then everything else on $(JOBS) pytest
-# workers. Both phases always run; make fails when either fails. One BLAS/OpenMP thread per process
-# avoids oversubscription, which makes small convolutions ~10x slower.
+# Two phases, each using both cores: first the grading tests alone (the test class is graded by
+# `python -m grading autograde --jobs $(JOBS)`, so its clock is the grading time an instructor sees), then everything
+# else on $(JOBS) pytest workers. Each chapter runs once, as test-output/chapters/<chapter>.ipynb: the student's
+# notebook with every exercise's answer checked between a checkpoint and a rollback (utils/exercises.py), so one
+# run proves both editions. Both phases always run; make fails when either fails. One BLAS/OpenMP thread per
+# process avoids oversubscription, which makes small convolutions ~10x slower.
 TEST_ENV := COURSE_STATIC_WIDGETS=1 COURSE_EXERCISES_REQUIRED=1 OMP_NUM_THREADS=1 GRADING_JOBS=$(JOBS)
 GRADING_TESTS := tests/test_grading_pipeline.py tests/test_redteam.py tests/test_parallel_autograde.py tests/test_hub.py
 test: setup sandbox-deps postgres-deps hub-deps
@@ -68,8 +70,10 @@ test: setup sandbox-deps postgres-deps hub-deps
 	echo "== phase 1/2: grading (every assignment, the red team, parallel workers on PostgreSQL, a class on JupyterHub)"; \
 	$(TEST_ENV) $(VENV)/bin/python -m pytest -p no:cacheprovider $(GRADING_TESTS) $(PYTEST_ARGS) || status=1; \
 	echo "== phase 2/2: utils, environment, release, browser, chapter notebooks and assignment sources"; \
+	$(VENV)/bin/python -m utils.exercises notebooks test-output/chapters >/dev/null; \
 	$(TEST_ENV) $(VENV)/bin/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-cell-timeout=600 \
-	    -p no:cacheprovider $(addprefix --ignore=,$(GRADING_TESTS)) tests notebooks solutions $(PYTEST_ARGS) || status=1; \
+	    -p no:cacheprovider $(addprefix --ignore=,$(GRADING_TESTS)) tests test-output/chapters solutions $(PYTEST_ARGS) \
+	    || status=1; \
 	exit $$status
 
 # The book: every chapter executed (cached: a rebuild after a prose edit takes seconds) without its exercises'

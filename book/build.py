@@ -156,8 +156,15 @@ def stage() -> list[str]:
 CACHE = BUILD / ".jupyter_cache"
 
 
+def executed(path: Path) -> bool:
+    """Whether the build executes this chapter: all of them, or those matching ``BOOK_EXECUTE`` (a glob; the others
+    are shown without outputs). ``make test`` executes chapter 0 only: every chapter already runs once there, as
+    the student's copy with its answers checked (``utils.exercises.checked_notebook``)."""
+    return Path(path).match(os.environ.get("BOOK_EXECUTE") or "*")
+
+
 def execute_into_cache(jobs: int, timeout: int = 900) -> None:
-    """Execute every staged chapter whose code is not cached yet, ``jobs`` at a time (jupyter-cache's
+    """Execute every staged chapter (:func:`executed`) whose code is not cached yet, ``jobs`` at a time (jupyter-cache's
     ``local-parallel`` executor, in the chapter's folder), and fail with the first error's traceback.
 
     MyST-NB then renders from the cache; executing here rather than inside a parallel Sphinx build also
@@ -170,7 +177,8 @@ def execute_into_cache(jobs: int, timeout: int = 900) -> None:
         if not Path(record.uri).exists():
             cache.remove_nb_from_project(record.pk)
     for path in sorted((STAGE / "notebooks").glob("*.ipynb")):
-        cache.add_nb_to_project(str(path))
+        if executed(path):
+            cache.add_nb_to_project(str(path))
     executor = load_executor("local-parallel" if jobs > 1 else "local-serial", cache=cache)
     result = executor.run_and_cache(timeout=timeout)
     if result.errored:

@@ -8,6 +8,7 @@ maths renders for a reader without a network too. Search is Sphinx's own (a stat
 """
 
 import importlib.util
+import os
 from pathlib import Path
 
 project = "Deep Learning for Computer Vision"
@@ -30,6 +31,14 @@ nb_execution_timeout = 900
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_execution_excludepatterns = ["assignments/*"]  # the releases are tasks with empty stubs: shown, not run
+if os.environ.get(
+    "BOOK_EXECUTE"
+):  # only these chapters executed (book/build.py: executed); the others shown as they are
+    nb_execution_excludepatterns += [
+        f"notebooks/{p.name}"
+        for p in (Path(__file__).resolve().parent / "notebooks").glob("*.ipynb")
+        if not p.match(os.environ["BOOK_EXECUTE"])
+    ]
 nb_merge_streams = True
 nb_output_stderr = "remove"  # progress bars and warnings go to stderr: not what a reader needs
 

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import ast
 import copy
+import html
+import json
+import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +34,13 @@ from .submissions import nbgrader_meta
 
 __all__ = [
     "FAULTS",
+    "GradedClass",
+    "grade_test_class",
     "LOOP_TIMEOUT",
     "Handin",
+    "chosen_assignments",
     "class_submissions",
+    "one_assignment",
     "entry_problems",
     "grade_inbox",
     "first_wrong",
@@ -236,3 +245,87 @@ def score_problems(assignment: str, scores: Mapping[str, pipeline.Score]) -> dic
         if score is not None:
             problems[f"bug_{bug}"] = entry_problems(bug, spec, score)
     return problems
+
+
+# ----------------------------------------------------------------------------- the whole test class, graded
+def chosen_assignments() -> list[str]:
+    """Every assignment, or those named in ``GRADING_ONLY=a,b`` (to iterate on one while developing)."""
+    from .paths import assignment_names
+
+    only = os.environ.get("GRADING_ONLY")
+    return [a for a in assignment_names() if a in (only or a).split(",")]
+
+
+def one_assignment() -> list[str]:
+    """The assignment that shows what goes through the same code for all of them (the endless loop costs
+    :data:`LOOP_TIMEOUT` per looping cell; re-grading one student): nms, the cheapest to grade."""
+    names = chosen_assignments()
+    return [a for a in ("nms",) if a in names] or names[:1]
+
+
+@dataclass
+class GradedClass:
+    """The graded test class: its course, the gradebook's scores, the autograde run, the re-grade of ``solution``,
+    and the endless-loop course beside it."""
+
+    course: pipeline.Course
+    run: subprocess.CompletedProcess
+    scores: dict[str, dict[str, pipeline.Score]]  # assignment -> student -> score
+    rescores: dict[str, dict[str, pipeline.Score]]  # the same, read again after re-grading ``solution``
+    loop_course: pipeline.Course
+    loop_scores: dict[str, dict[str, pipeline.Score]]
+    seconds: dict[str, float]  # assignment -> seconds per submission
+
+    def autograded(self, student: str, assignment: str, course: pipeline.Course | None = None):
+        root = (course or self.course).root
+        return nbformat.read(root / "autograded" / student / assignment / f"{assignment}.ipynb", as_version=4)
+
+    def feedback_text(self, student: str, assignment: str) -> str:
+        page = (self.course.root / "feedback" / student / assignment / f"{assignment}.html").read_text()
+        return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", "", page)))
+
+
+def grade_test_class(
+    root: Path,
+    assignments: Sequence[str],
+    jobs: int = 2,
+    loop_assignments: Sequence[str] = (),
+    regrade_assignments: Sequence[str] = (),
+    log: Path | None = None,
+) -> GradedClass:
+    """Hand in :func:`class_submissions` (with every fault case) of ``assignments`` as one class and grade it with
+    :func:`grade_inbox` in ``root/course``; meanwhile grade :func:`with_endless_loop` of ``loop_assignments`` in
+    ``root/loop_course`` (cells time out after :data:`LOOP_TIMEOUT` s); then grade ``solution`` of
+    ``regrade_assignments`` again in the same course and read the gradebook again. ``log``: both runs' output, and a
+    ``.json`` beside it with the seconds per submission."""
+    start = time.perf_counter()
+    root = Path(root)
+    plan = {a: class_submissions(a, faults=True) for a in assignments}
+    inbox = write_inbox(root / "inbox", plan)
+    loops = {a: {"endless_loop": Handin(with_endless_loop(plan[a]["solution"].notebook))} for a in loop_assignments}
+    loop_inbox = write_inbox(root / "loop_inbox", loops)
+    with ThreadPoolExecutor(max_workers=1) as beside:  # the loop mostly waits for its time-outs
+        loop = beside.submit(grade_inbox, loop_inbox, root / "loop_course", 1, LOOP_TIMEOUT) if loops else None
+        run = grade_inbox(inbox, root / "course", jobs=jobs)
+        loop_run = loop.result() if loop else None
+    course, loop_course = pipeline.Course(root / "course"), pipeline.Course(root / "loop_course", LOOP_TIMEOUT)
+    scores = {a: course.scores(a) for a in assignments}
+    again = write_inbox(root / "regrade_inbox", {a: {"solution": plan[a]["solution"]} for a in regrade_assignments})
+    regrade = grade_inbox(again, course.root, jobs=jobs) if regrade_assignments else None
+    if regrade is not None and regrade.returncode != 0:
+        raise RuntimeError(f"re-grading failed:\n{regrade.stdout[-3000:]}\n{regrade.stderr[-3000:]}")
+    seconds = seconds_per_submission(run.stdout)
+    if log is not None:
+        outputs = [run] + [r for r in (loop_run, regrade) if r is not None]
+        Path(log).write_text("\n".join(r.stdout + "\n" + r.stderr for r in outputs))
+        timings = {"seconds_per_submission": seconds, "total_wall_seconds": time.perf_counter() - start, "jobs": jobs}
+        Path(log).with_suffix(".json").write_text(json.dumps(timings, indent=2))
+    return GradedClass(
+        course=course,
+        run=run,
+        scores=scores,
+        rescores={a: course.scores(a) for a in regrade_assignments},
+        loop_course=loop_course,
+        loop_scores={a: loop_course.scores(a) for a in loop_assignments},
+        seconds=seconds,
+    )

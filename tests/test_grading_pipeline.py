@@ -9,90 +9,22 @@ and judge them with :func:`grading.selftest.score_problems`, the same judge as `
 
 from __future__ import annotations
 
-import html
 import json
-import os
 import re
 import subprocess
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import nbformat
 import pytest
 
 from grading import pipeline, selftest, submissions
-from grading.paths import REPO, assignment_names
-from grading.selftest import Handin
+from grading.paths import REPO
 from grading.submissions import nbgrader_meta
 
 slow = pytest.mark.slow  # the tests that need the graded class (minutes); the others take milliseconds
 
-# GRADING_ONLY=a,b restricts the run while developing one assignment; CI grades all of them.
-ASSIGNMENTS = [a for a in assignment_names() if a in os.environ.get("GRADING_ONLY", a).split(",")]
+ASSIGNMENTS = selftest.chosen_assignments()
 BUGS = [(a, bug) for a in ASSIGNMENTS for bug in submissions.load_manifest(a)]
-JOBS = int(os.environ.get("GRADING_JOBS", "2"))
-# The endless loop costs LOOP_TIMEOUT per looping cell; the mechanism (nbgrader's per-cell timeout and
-# interrupt) is the same for every assignment, so one assignment proves it and keeps `make test` short.
-LOOP_ASSIGNMENTS = [a for a in ("nms",) if a in ASSIGNMENTS] or ASSIGNMENTS[:1]
-OUTPUT = REPO / "test-output"
-
-
-@dataclass
-class GradedClass:
-    """The graded class: its course, the gradebook's scores, the autograde run, and the re-grade of ``solution``."""
-
-    course: pipeline.Course
-    run: subprocess.CompletedProcess
-    scores: dict[str, dict[str, pipeline.Score]]  # assignment -> student -> score
-    rescores: dict[str, dict[str, pipeline.Score]]  # the same, read again after re-grading ``solution``
-    loop_course: pipeline.Course
-    loop_scores: dict[str, dict[str, pipeline.Score]]
-    seconds: dict[str, float]  # assignment -> seconds per submission
-
-    def autograded(self, student: str, assignment: str, course: pipeline.Course | None = None):
-        root = (course or self.course).root
-        return nbformat.read(root / "autograded" / student / assignment / f"{assignment}.ipynb", as_version=4)
-
-    def feedback_text(self, student: str, assignment: str) -> str:
-        page = (self.course.root / "feedback" / student / assignment / f"{assignment}.html").read_text()
-        return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", "", page)))
-
-
-@pytest.fixture(scope="session")
-def graded(tmp_path_factory) -> GradedClass:
-    start = time.perf_counter()
-    root = tmp_path_factory.mktemp("class")
-    plan = {a: selftest.class_submissions(a, faults=True) for a in ASSIGNMENTS}
-    inbox = selftest.write_inbox(root / "inbox", plan)
-    loops = {
-        a: {"endless_loop": Handin(selftest.with_endless_loop(plan[a]["solution"].notebook))} for a in LOOP_ASSIGNMENTS
-    }
-    loop_inbox = selftest.write_inbox(root / "loop_inbox", loops)
-    with ThreadPoolExecutor(max_workers=1) as beside:  # the loop mostly waits for its time-outs
-        loop = beside.submit(selftest.grade_inbox, loop_inbox, root / "loop_course", 1, selftest.LOOP_TIMEOUT)
-        run = selftest.grade_inbox(inbox, root / "course", jobs=JOBS)
-        loop_run = loop.result()
-    OUTPUT.mkdir(exist_ok=True)
-    (OUTPUT / "grading_class.log").write_text(run.stdout + "\n" + run.stderr + "\n" + loop_run.stdout + loop_run.stderr)
-    course, loop_course = pipeline.Course(root / "course"), pipeline.Course(root / "loop_course", selftest.LOOP_TIMEOUT)
-    scores = {a: course.scores(a) for a in ASSIGNMENTS}
-    # re-grade one student of every assignment in the same course, then read the whole gradebook again
-    again = selftest.write_inbox(root / "regrade_inbox", {a: {"solution": plan[a]["solution"]} for a in ASSIGNMENTS})
-    regrade = selftest.grade_inbox(again, course.root, jobs=JOBS)
-    assert regrade.returncode == 0, regrade.stdout[-3000:] + regrade.stderr[-3000:]
-    seconds = selftest.seconds_per_submission(run.stdout)
-    timings = {"seconds_per_submission": seconds, "total_wall_seconds": time.perf_counter() - start, "jobs": JOBS}
-    (OUTPUT / "grading_times.json").write_text(json.dumps(timings, indent=2))
-    return GradedClass(
-        course=course,
-        run=run,
-        scores=scores,
-        rescores={a: course.scores(a) for a in ASSIGNMENTS},
-        loop_course=loop_course,
-        loop_scores={a: loop_course.scores(a) for a in LOOP_ASSIGNMENTS},
-        seconds=seconds,
-    )
+LOOP_ASSIGNMENTS = REGRADE_ASSIGNMENTS = selftest.one_assignment()
 
 
 def _describe(score: pipeline.Score) -> str:
@@ -260,7 +192,7 @@ def test_endless_loop_costs_only_its_tests(graded, assignment):
 
 # ----------------------------------------------------------------------------- re-grading
 @slow
-@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+@pytest.mark.parametrize("assignment", REGRADE_ASSIGNMENTS)
 def test_regrading_gives_the_same_scores_and_keeps_other_grades(graded, assignment):
     before, after = graded.scores[assignment], graded.rescores[assignment]
     assert len(before) > 1 and set(after) == set(before), "students disappeared from the gradebook after re-grading"

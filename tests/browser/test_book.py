@@ -14,6 +14,7 @@ import functools
 import html.parser
 import http.server
 import importlib.util
+import os
 import re
 import shutil
 import threading
@@ -76,10 +77,20 @@ def parsed(path: Path) -> _Page:
     return page
 
 
+# Chapter 0 is executed (figures, a static widget, maths from outputs); every other chapter already runs once in
+# `make test` as the student's copy with its answers checked (utils.exercises.checked_notebook), so here it is only
+# laid out. `make book` executes them all.
+EXECUTED = "00_*"
+
+
 @pytest.fixture(scope="module")
 def site() -> Path:
     start = time.perf_counter()
-    out = book.build(jobs=2)
+    os.environ["BOOK_EXECUTE"] = EXECUTED
+    try:
+        out = book.build(jobs=2)
+    finally:
+        del os.environ["BOOK_EXECUTE"]
     print(f"book built in {time.perf_counter() - start:.0f} s")
     return out
 
@@ -156,7 +167,8 @@ def test_the_book_is_the_students_copy(site):
     for name in CHAPTERS:
         text = "".join(parsed(site / "notebooks" / f"{name}.html").text)
         nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
-        if any(exercises.is_solution_cell(c) for c in nb.cells) and any("self_check(" in c.source for c in nb.cells):
+        has_checks = any("self_check(" in c.source for c in nb.cells)
+        if Path(name).match(EXECUTED) and any(exercises.is_solution_cell(c) for c in nb.cells) and has_checks:
             assert "not done yet" in text, f"{name}: the book shows no exercise left to the student"
         assert not re.search(r"✓ [^\n]*: correct", text), f"{name}: a self-check passed without a solution"
     secrets = edition.secret_lines()
@@ -202,7 +214,7 @@ def test_pages_render_in_chromium(site, server, browser):
                 "() => Array.from(document.images).map(i => [i.currentSrc, i.complete && i.naturalWidth > 0])"
             )
             broken = [src for src, ok in images if not ok]
-            if broken or not images:
+            if broken or (not images and Path(rel).match(f"*{EXECUTED}.html")):
                 problems.append(f"{rel}: {len(broken)} broken of {len(images)} images")
         if errors or failed:
             problems.append(f"{rel}: script errors {errors[:3]}, failed requests {failed[:3]}")
