@@ -3,7 +3,7 @@ what `make autograde SUBMISSIONS=<inbox>` runs), beside honest classmates.
 
 Each hostile submission is an ordinary submission (the solution, the blank release or one of the wrong
 submissions of tests/submissions/) plus a cheat or an attack appended as a cell the student may edit.
-The properties (issue 20): no cheat scores above the same submission without it; classmates graded
+The properties: no cheat scores above the same submission without it; classmates graded
 before and after it keep full marks; the instructor's files are unchanged; grading always finishes and
 exports grades.csv; the review list names the suspicious submissions and only them.
 """
