@@ -19,7 +19,7 @@ def match_detections(pred_boxes: Tensor, pred_scores: Tensor, gt_boxes: Tensor, 
 
 
 # %% precision_recall
-def precision_recall(tp: Tensor, scores: Tensor, num_gt: int) -> Tuple[Tensor, Tensor]:
+def precision_recall(tp: Tensor, scores: Tensor, num_gt: int) -> tuple[Tensor, Tensor]:
     order = np.argsort(-scores.numpy().astype(np.float64), kind="mergesort")
     hits = tp.numpy()[order].astype(np.float64)
     found = np.cumsum(hits)

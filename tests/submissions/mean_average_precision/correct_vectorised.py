@@ -25,7 +25,7 @@ def match_detections(pred_boxes: Tensor, pred_scores: Tensor, gt_boxes: Tensor, 
 
 
 # %% precision_recall
-def precision_recall(tp: Tensor, scores: Tensor, num_gt: int) -> Tuple[Tensor, Tensor]:
+def precision_recall(tp: Tensor, scores: Tensor, num_gt: int) -> tuple[Tensor, Tensor]:
     ranked = tp[torch.argsort(scores, descending=True, stable=True)].double()
     tp_cum = ranked.cumsum(0)
     return tp_cum / torch.arange(1, len(ranked) + 1, dtype=torch.float64), tp_cum / num_gt
