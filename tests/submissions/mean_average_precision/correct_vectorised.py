@@ -61,7 +61,7 @@ def average_precision(precision: Tensor, recall: Tensor, method: str = "coco101"
 
 
 # %% mean_average_precision
-def mean_average_precision(preds, targets, iou_thresholds=None) -> Dict:
+def mean_average_precision(preds, targets, iou_thresholds=None) -> dict:
     thresholds = [float(t) for t in (np.linspace(0.5, 0.95, 10) if iou_thresholds is None else iou_thresholds)]
     gt_classes = sorted({int(c) for t in targets for c in t["labels"].tolist()})
     if not gt_classes:
