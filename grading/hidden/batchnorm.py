@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from grading.hidden import _substitutes as sub
 from grading.trusted import ForbiddenUse, KernelFailure, Student, StudentError, grades
+from utils.cases import batchnorm2d_reference, batchnorm2d_steps, record_training_steps
 from utils.testing import assert_close  # names the case; expected vs got at the worst element
 
 F64 = torch.float64
@@ -730,43 +731,6 @@ def test_groupnorm(student: Student) -> None:
 
 
 # ----------------------------------------------------------------------------- Part 8: the module
-def _run_reference(
-    module: nn.Module, xs: Sequence[Tensor], douts: Sequence[Tensor], steps: int, lr: float
-) -> list[dict[str, Tensor]]:
-    """The notebook's ``run()`` for nn.BatchNorm2d: ``steps`` SGD training steps, then one eval step;
-    records the output, the gradients and the state after each forward/backward."""
-    optimizer = torch.optim.SGD(module.parameters(), lr=lr)
-    records = []
-    for step, (x, dout) in enumerate(zip(xs, douts)):
-        module.train(step < steps)
-        x = x.clone().requires_grad_()
-        out = module(x)
-        out.backward(dout)
-        records.append(
-            {
-                "output": out.detach(),
-                "gradient of the input": x.grad,
-                "weight.grad": module.weight.grad.clone(),
-                "bias.grad": module.bias.grad.clone(),
-                **{key: value.clone() for key, value in module.state_dict().items()},
-            }
-        )
-        optimizer.step()
-        optimizer.zero_grad()
-    return records
-
-
-def _reference_module(C: int, eps: float, momentum: float, seed: int) -> nn.BatchNorm2d:
-    """nn.BatchNorm2d(C, eps, momentum) in float64 with random gamma and beta (the notebook's reference)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        reference = torch.nn.BatchNorm2d(C, eps=eps, momentum=momentum).double()
-        with torch.no_grad():
-            reference.weight.normal_()
-            reference.bias.normal_()
-    return reference
-
-
 def _build_module(student: Student, case: str, C: int, eps: float, momentum: float) -> Any:
     """The student's ``BatchNorm2d(C, eps=eps, momentum=momentum).double()``, kept in the kernel (a handle)."""
     classes = _run(student, case, "BatchNorm2d", _MODULE_CLASSES)
@@ -813,12 +777,10 @@ def _check_module(
     trusted tables for exactly the calls a correct module makes (a bug in them costs their own cells). The
     backward pass must be the hand-written one (a backward stand-in is called, or a torch.autograd.Function
     node is somewhere in the output's graph): which node sits on the output itself is not checked."""
-    reference = _reference_module(C, eps, momentum, seed)
+    reference = batchnorm2d_reference(C, eps, momentum, seed)
     initial_state = copy.deepcopy(reference.state_dict())
-    g = torch.Generator().manual_seed(seed)
-    xs = [torch.randn(shape[0], C, *shape[1:], generator=g, dtype=F64) * 1.5 + 0.7 for _ in range(steps + 1)]
-    douts = [torch.randn(x.shape, generator=g, dtype=F64) for x in xs]
-    expected = _run_reference(reference, xs, douts, steps, lr)
+    xs, douts = batchnorm2d_steps(C, shape, steps, seed)
+    expected = record_training_steps(reference, xs, douts, steps, lr)
     calls = []
     for step, (x, dout) in enumerate(zip(xs, douts)):
         before = initial_state if step == 0 else expected[step - 1]

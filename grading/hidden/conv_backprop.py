@@ -3,7 +3,8 @@
 Every function below is the verdict of one test cell of ``solutions/conv_backprop/conv_backprop.ipynb``. It
 re-checks the cell's visible cases and the cases that used to be the cell's hidden region, and computes
 every input and every expected value here, in the grader's process: inputs with the generators and seeds
-of the notebook's ``random_conv_case`` / ``check_maxpool`` / ``check_transpose`` (re-implemented below),
+of the notebook's ``random_conv_case`` (:func:`utils.cases.random_conv_case`, the same function) /
+``check_maxpool`` / ``check_transpose`` (re-implemented below),
 expected values with ``F.conv2d``, ``F.max_pool2d``, ``F.conv_transpose2d``, torch's autograd,
 ``torch.autograd.gradcheck`` and ``utils.conv_cost``. The student's kernel only runs the student's
 functions (through the :class:`~grading.trusted.Student` proxy and fixed probes that drive them) and
@@ -47,6 +48,7 @@ from torch import Tensor
 import utils
 from grading.hidden import _substitutes as sub
 from grading.trusted import ForbiddenUse, KernelFailure, Remote, Student, StudentError, grades
+from utils.cases import random_conv_case
 from utils.testing import assert_close  # names the case, expected vs got at the worst element
 
 # Library functions a graded function may not call (the notebook's LIBRARY), by Python path ...
@@ -118,26 +120,6 @@ CPU_FACTOR = 20.0
 
 
 # ----------------------------------------------------------------------------- trusted inputs and references
-def random_conv_case(
-    x_shape: Sequence[int],
-    w_shape: Sequence[int],
-    stride: int,
-    padding: int,
-    dtype: torch.dtype = torch.float64,
-    seed: int = 0,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The notebook's ``random_conv_case``: x Tensor[N, C, H, W], w Tensor[F, C, KH, KW], b Tensor[F] and an
-    upstream gradient Tensor[N, F, H', W'], drawn in this order from one generator seeded with ``seed``."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(tuple(x_shape), generator=g, dtype=dtype)
-    w = torch.randn(tuple(w_shape), generator=g, dtype=dtype)
-    b = torch.randn(w_shape[0], generator=g, dtype=dtype)
-    h_out = (x_shape[2] + 2 * padding - w_shape[2]) // stride + 1
-    w_out = (x_shape[3] + 2 * padding - w_shape[3]) // stride + 1
-    dout = torch.randn((x_shape[0], w_shape[0], h_out, w_out), generator=g, dtype=dtype)
-    return x, w, b, dout
-
-
 def conv_reference(x: Tensor, w: Tensor, b: Tensor, stride: int, padding: int, dout: Tensor | None) -> tuple[Any, ...]:
     """PyTorch's answer: out Tensor[N, F, H', W'] (F.conv2d), then dx, dw, db (autograd with ``dout``; None
     without it)."""

@@ -1,8 +1,8 @@
 """Trusted tests of the ``mean_average_precision`` assignment (instructor-only, never shipped).
 
 Every test builds its scenes here, in the grader's process, with the same generators, seeds and
-shapes as the notebook's provided cell (:func:`random_targets`, :func:`simulate_detections` and
-:func:`make_scores_distinct` are re-implemented below, line for line), takes its expected values from
+shapes as the notebook's provided cell (:func:`utils.cases.random_targets` and
+:func:`utils.cases.simulate_detections`, the functions the notebook calls), takes its expected values from
 the official ``pycocotools`` evaluation (:func:`utils.detection.coco_evaluate`,
 :func:`utils.detection.coco_matches`, run here) or from small references written below, and calls the
 student's functions through the :class:`~grading.trusted.Student` proxy with ``pycocotools`` and
@@ -31,6 +31,7 @@ import torchvision
 from torch import Tensor
 
 from grading.trusted import ForbiddenUse, Student, StudentError, grades
+from utils.cases import make_scores_distinct, random_targets, simulate_detections
 from utils.detection import coco_evaluate, coco_matches
 from utils.testing import assert_close  # names the failing case, reports expected vs got
 
@@ -165,100 +166,6 @@ def call(student: Student, name: str, *args: Any, **kwargs: Any) -> Any:
     if not isinstance(answer, dict) or set(answer) != {"value"}:
         raise AssertionError(f"{label}: the kernel's answer was tampered with")
     return _rebuild(answer["value"], mark)
-
-
-# ----------------------------------------------------------------------------- the provided cell's scenes
-def random_targets(
-    num_images: int,
-    num_classes: int = 3,
-    seed: int = 0,
-    max_objects: int = 6,
-    image_size: int = 64,
-    crowded: bool = False,
-    empty_fraction: float = 0.0,
-) -> Targets:
-    """Random ground truth: boxes Tensor[M, 4] float32 xyxy, labels in 1..num_classes (some images empty)."""
-    # the notebook's random_targets, draw for draw
-    rng = np.random.default_rng(seed)
-    targets = []
-    for _ in range(num_images):
-        count = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
-        if crowded:  # objects packed around a few centres: neighbouring boxes overlap a lot
-            centres = rng.uniform(0.3, 0.7, (2, 2)) * image_size
-            xy = centres[rng.integers(0, 2, count)] + rng.normal(0, image_size * 0.05, (count, 2))
-            wh = rng.uniform(0.15, 0.3, (count, 2)) * image_size
-            xy = xy - wh / 2
-        else:
-            wh = rng.uniform(0.08, 0.35, (count, 2)) * image_size
-            xy = rng.uniform(0, 1, (count, 2)) * (image_size - wh)
-        boxes = np.concatenate([xy, xy + wh], axis=1)
-        targets.append(
-            {
-                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                "labels": torch.tensor(rng.integers(1, num_classes + 1, count), dtype=torch.int64),
-            }
-        )
-    return targets
-
-
-def simulate_detections(
-    targets: Targets,
-    num_classes: int = 3,
-    seed: int = 0,
-    box_noise: float = 0.08,
-    miss_rate: float = 0.1,
-    duplicates: float = 1.0,
-    false_positives: float = 1.0,
-    label_noise: float = 0.05,
-    image_size: int = 64,
-) -> Preds:
-    """A stand-in detector: noisy copies of the ground truth plus background boxes, all scores distinct.
-
-    The notebook's ``simulate_detections``, draw for draw."""
-    rng = np.random.default_rng(seed)
-    preds = []
-    for target in targets:
-        boxes, scores, labels = [], [], []
-        for box, label in zip(target["boxes"].tolist(), target["labels"].tolist()):
-            if rng.random() < miss_rate:
-                continue
-            size = np.array([box[2] - box[0], box[3] - box[1]] * 2)
-            for _ in range(1 + rng.poisson(duplicates)):
-                noisy = np.array(box) + rng.normal(0.0, box_noise, 4) * size
-                noisy[2:] = np.maximum(noisy[2:], noisy[:2] + 1.0)
-                overlap = np.clip(np.minimum(noisy[2:], box[2:]) - np.maximum(noisy[:2], box[:2]), 0, None).prod()
-                fit = overlap / ((noisy[2:] - noisy[:2]).prod() + size[:2].prod() - overlap)  # IoU with the object
-                boxes.append(noisy)
-                scores.append(1.0 / (1.0 + np.exp(-(6.0 * (fit - 0.6) + rng.normal(0.0, 1.0)))))
-                labels.append(label if rng.random() >= label_noise else int(rng.integers(1, num_classes + 1)))
-        for _ in range(rng.poisson(false_positives)):
-            wh = rng.uniform(0.08, 0.35, 2) * image_size
-            xy = rng.uniform(0, 1, 2) * (image_size - wh)
-            boxes.append(np.concatenate([xy, xy + wh]))
-            scores.append(rng.uniform(0.0, 0.6))
-            labels.append(int(rng.integers(1, num_classes + 1)))
-        preds.append(
-            {
-                "boxes": torch.tensor(np.array(boxes), dtype=torch.float32).reshape(-1, 4),
-                "scores": torch.tensor(scores, dtype=torch.float32),
-                "labels": torch.tensor(labels, dtype=torch.int64),
-            }
-        )
-    return make_scores_distinct(preds)
-
-
-def make_scores_distinct(preds: Preds) -> Preds:
-    """Nudge equal float32 scores apart (a tie would make the ranking depend on the sort algorithm)."""
-    seen = set()
-    for pred in preds:
-        values = pred["scores"].numpy().copy()
-        for i, v in enumerate(values):
-            while float(v) in seen:
-                v = np.nextafter(v, np.float32(-1.0))
-            values[i] = v
-            seen.add(float(v))
-        pred["scores"] = torch.from_numpy(values)
-    return preds
 
 
 def check_against_coco(

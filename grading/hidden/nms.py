@@ -3,8 +3,8 @@
 Instructor-only: this module runs in the grader's process (see :mod:`grading.trusted`) and is never
 shipped. Every input and every expected value is made here, with ``torchvision.ops`` or with the
 plain-Python Soft-NMS reference below; the student's functions are only *called* through the
-:class:`~grading.trusted.Student` proxy. The random box generators are copies of the ones the
-notebook's setup cell defines (the visible tests use those), so that a case here and the same case
+:class:`~grading.trusted.Student` proxy. The random boxes come from :mod:`utils.cases`, whose
+generators the notebook's setup cell uses too (the visible tests), so that a case here and the same case
 in the notebook see the same boxes, but nothing of the kernel is used to build a case.
 
 Inputs that must not be modified are checked with a probe that calls the student's function in the
@@ -26,6 +26,7 @@ import torchvision
 from torch import Tensor
 
 from grading.trusted import KernelFailure, Student, grades
+from utils.cases import clustered_boxes, random_boxes, random_scores
 from utils.testing import assert_close
 
 # The library functions the assignment re-implements, blocked in every call of the student's code:
@@ -50,35 +51,6 @@ FORBID = dict(
 )
 
 INT64_EMPTY = torch.zeros(0, dtype=torch.int64)
-
-
-# ----------------------------------------------------------------------------- inputs (copies of the setup cell's)
-def random_boxes(
-    n: int, seed: int, dtype: torch.dtype = torch.float32, canvas: float = 100.0, max_size: float = 40.0
-) -> Tensor:
-    """Tensor[n, 4] of random (x1, y1, x2, y2) boxes inside a canvas (as the notebook's ``random_boxes``)."""
-    g = torch.Generator().manual_seed(seed)
-    corner = torch.rand(n, 2, generator=g, dtype=dtype) * canvas  # Tensor[n, 2]
-    size = torch.rand(n, 2, generator=g, dtype=dtype) * max_size  # Tensor[n, 2]
-    return torch.cat([corner, corner + size], dim=1)
-
-
-def random_scores(n: int, seed: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Tensor[n] of distinct random scores in [0, 1) (as the notebook's ``random_scores``)."""
-    return torch.rand(n, generator=torch.Generator().manual_seed(seed + 10_000), dtype=dtype)
-
-
-def clustered_boxes(
-    n: int, n_objects: int, seed: int, dtype: torch.dtype = torch.float32, canvas: float = 1000.0
-) -> Tensor:
-    """Tensor[n, 4]: jittered copies of n_objects object boxes (as the notebook's ``clustered_boxes``)."""
-    g = torch.Generator().manual_seed(seed)
-    centre = torch.rand(n_objects, 2, generator=g, dtype=dtype) * canvas  # Tensor[O, 2]
-    size = 20 + 150 * torch.rand(n_objects, 2, generator=g, dtype=dtype)  # Tensor[O, 2]
-    obj = torch.randint(0, n_objects, (n,), generator=g)  # Tensor[n]
-    c = centre[obj] + 0.1 * size[obj] * torch.randn(n, 2, generator=g, dtype=dtype)  # Tensor[n, 2]
-    s = size[obj] * torch.exp(0.15 * torch.randn(n, 2, generator=g, dtype=dtype))  # Tensor[n, 2]
-    return torch.cat([c - s / 2, c + s / 2], dim=1)
 
 
 # ----------------------------------------------------------------------------- trusted reference

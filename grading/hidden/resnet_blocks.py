@@ -2,7 +2,7 @@
 
 Every ``@grades`` function below runs in the grader's process. It builds torchvision's modules here
 (``torchvision.models.resnet`` is the reference of every case), gives their BatchNorms random
-statistics with :func:`randomise_`, sends their ``state_dict`` (tensors) to the student's kernel,
+statistics with :func:`utils.cases.randomise_batchnorm_`, sends their ``state_dict`` (tensors) to the student's kernel,
 loads it into the student's module there with ``load_state_dict(strict=True)``, runs the student's
 forward pass there and compares the result here with torchvision's output computed here.
 
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from grading.hidden import _substitutes as sub
 from grading.trusted import ForbiddenUse, Remote, Student, StudentError, grades
+from utils.cases import randomise_batchnorm_
 from utils.testing import assert_close
 
 TV = torchvision.models.resnet
@@ -179,20 +180,6 @@ def seeded(seed: int) -> Iterator[None]:
 def randn(seed: int, *shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """Tensor[shape] of standard normal values from a generator seeded with ``seed``."""
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def randomise_(model: nn.Module, seed: int) -> nn.Module:
-    """Random BatchNorm statistics and affine parameters (in place), as the notebook's ``randomise_``."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-    return model
 
 
 def tv_downsample(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -443,7 +430,7 @@ def test_conv_helpers(student: Student) -> None:
 def test_basic_block(student: Student) -> None:
     assert_close("BasicBlock.expansion", class_attribute(student, "BasicBlock", "expansion"), 1)
     with seeded(0):
-        reference = randomise_(TV.BasicBlock(16, 16), seed=1)
+        reference = randomise_batchnorm_(TV.BasicBlock(16, 16), seed=1)
     seed_kernel(student, 0)
     block = build(student, "BasicBlock(16, 16)")
     structure = describe(student, block, "BasicBlock(16, 16)")
@@ -455,7 +442,7 @@ def test_basic_block(student: Student) -> None:
 
     # a block that halves the resolution and doubles the channels, with torchvision's projection shortcut
     with seeded(1):
-        reference = randomise_(TV.BasicBlock(32, 64, 2, tv_downsample(32, 64, 2)), seed=2)
+        reference = randomise_batchnorm_(TV.BasicBlock(32, 64, 2, tv_downsample(32, 64, 2)), seed=2)
     seed_kernel(student, 1)
     label = "BasicBlock(32, 64, stride=2, downsample)"
     downsample = run(
@@ -514,7 +501,7 @@ def test_basic_block(student: Student) -> None:
 def test_bottleneck(student: Student) -> None:
     assert_close("Bottleneck.expansion", class_attribute(student, "Bottleneck", "expansion"), 4)
     with seeded(0):
-        reference = randomise_(TV.Bottleneck(64, 16), seed=3)
+        reference = randomise_batchnorm_(TV.Bottleneck(64, 16), seed=3)
     seed_kernel(student, 0)
     block = build(student, "Bottleneck(64, 16)")
     structure = describe(student, block, "Bottleneck(64, 16)")
@@ -525,7 +512,7 @@ def test_bottleneck(student: Student) -> None:
     assert_close("Bottleneck output passes through a final ReLU (no negative values)", bool((out >= 0).all()), True)
 
     with seeded(1):
-        reference = randomise_(TV.Bottleneck(64, 32, 2, tv_downsample(64, 128, 2)), seed=4)
+        reference = randomise_batchnorm_(TV.Bottleneck(64, 32, 2, tv_downsample(64, 128, 2)), seed=4)
     seed_kernel(student, 1)
     label = "Bottleneck(64, 32, stride=2, downsample)"
     block = build(
@@ -560,7 +547,7 @@ def test_bottleneck(student: Student) -> None:
 
     # stride 1 but more channels: a projection without downsampling (the first block of ResNet-50)
     with seeded(2):
-        reference = randomise_(TV.Bottleneck(16, 16, 1, tv_downsample(16, 64)), seed=5)
+        reference = randomise_batchnorm_(TV.Bottleneck(16, 16, 1, tv_downsample(16, 64)), seed=5)
     seed_kernel(student, 2)
     label = "Bottleneck(16, 16, downsample)"
     block = build(student, "Bottleneck(16, 16, downsample=nn.Sequential(conv1x1(16, 64), nn.BatchNorm2d(64)))")
@@ -687,7 +674,7 @@ def test_resnet_structure(student: Student) -> None:
         assert_close(f"{m.name}.weight (gamma) initialised to 1", w, torch.ones_like(w))
         assert_close(f"{m.name}.bias (beta) initialised to 0", b, torch.zeros_like(b))
     # same function as torchvision's on this unusual layout
-    randomise_(reference, seed=6)
+    randomise_batchnorm_(reference, seed=6)
     load_reference(student, model, structure, reference, label)
     compare_outputs(
         student,
@@ -758,7 +745,7 @@ def check_factory(student: Student, name: str, shape: tuple[int, ...], seed: int
     """``name()`` (the student's factory) against torchvision's: parameters, state_dict, outputs with torchvision's
     weights (random BN statistics) on ``Tensor[shape]``."""
     with seeded(seed):
-        reference = randomise_(getattr(torchvision.models, name)(weights=None), seed=randomise_seed)
+        reference = randomise_batchnorm_(getattr(torchvision.models, name)(weights=None), seed=randomise_seed)
     seed_kernel(student, seed)
     model = build(student, f"{name}()")
     structure = describe(student, model, f"{name}()")

@@ -19,7 +19,7 @@ def match_detections(pred_boxes: Tensor, pred_scores: Tensor, gt_boxes: Tensor, 
 
 
 # %% precision_recall
-def precision_recall(tp: Tensor, scores: Tensor, num_gt: int) -> Tuple[Tensor, Tensor]:
+def precision_recall(tp: Tensor, scores: Tensor, num_gt: int) -> tuple[Tensor, Tensor]:
     order = np.argsort(-scores.numpy().astype(np.float64), kind="mergesort")
     hits = tp.numpy()[order].astype(np.float64)
     found = np.cumsum(hits)
@@ -60,7 +60,7 @@ def average_precision(precision: Tensor, recall: Tensor, method: str = "coco101"
 
 
 # %% mean_average_precision
-def mean_average_precision(preds, targets, iou_thresholds=None) -> Dict:
+def mean_average_precision(preds, targets, iou_thresholds=None) -> dict:
     wanted = list(np.linspace(0.5, 0.95, 10)) if iou_thresholds is None else [float(t) for t in iou_thresholds]
     classes = sorted({int(c) for t in targets for c in t["labels"].tolist()})
 

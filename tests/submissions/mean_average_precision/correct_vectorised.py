@@ -25,7 +25,7 @@ def match_detections(pred_boxes: Tensor, pred_scores: Tensor, gt_boxes: Tensor, 
 
 
 # %% precision_recall
-def precision_recall(tp: Tensor, scores: Tensor, num_gt: int) -> Tuple[Tensor, Tensor]:
+def precision_recall(tp: Tensor, scores: Tensor, num_gt: int) -> tuple[Tensor, Tensor]:
     ranked = tp[torch.argsort(scores, descending=True, stable=True)].double()
     tp_cum = ranked.cumsum(0)
     return tp_cum / torch.arange(1, len(ranked) + 1, dtype=torch.float64), tp_cum / num_gt
@@ -61,7 +61,7 @@ def average_precision(precision: Tensor, recall: Tensor, method: str = "coco101"
 
 
 # %% mean_average_precision
-def mean_average_precision(preds, targets, iou_thresholds=None) -> Dict:
+def mean_average_precision(preds, targets, iou_thresholds=None) -> dict:
     thresholds = [float(t) for t in (np.linspace(0.5, 0.95, 10) if iou_thresholds is None else iou_thresholds)]
     gt_classes = sorted({int(c) for t in targets for c in t["labels"].tolist()})
     if not gt_classes:

@@ -83,7 +83,7 @@ def soft_nms(
     sigma: float = 0.5,
     score_threshold: float = 0.001,
     method: str = "gaussian",
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     if method not in ("gaussian", "linear"):
         raise ValueError(method)
     current = scores.clone()

@@ -1,0 +1,111 @@
+"""Unit tests of utils.cases, the generators of the assignments' test inputs (fast)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import utils
+from utils import cases
+
+
+def test_all_is_literal_and_exported_by_utils():
+    tree = ast.parse(Path(cases.__file__).read_text())
+    [node] = [n for n in tree.body if isinstance(n, ast.Assign) and any(t.id == "__all__" for t in n.targets)]
+    names = ast.literal_eval(node.value)
+    assert names == cases.__all__
+    for name in names:
+        assert getattr(utils, name) is getattr(cases, name)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: cases.random_conv_case((2, 3, 7, 9), (4, 3, 3, 3), stride=2, padding=1, seed=5),
+        lambda: cases.random_boxes(7, seed=3),
+        lambda: cases.random_scores(7, seed=3),
+        lambda: cases.clustered_boxes(50, 4, seed=3),
+        lambda: cases.random_targets(4, seed=3, crowded=True),
+        lambda: cases.simulate_detections(cases.random_targets(4, seed=3), seed=4),
+        lambda: cases.batchnorm2d_steps(3, (4, 5, 5), steps=2, seed=3),
+    ],
+)
+def test_same_seed_same_values_and_global_generator_untouched(call):
+    state = torch.random.get_rng_state()
+    first, second = call(), call()
+    assert torch.equal(torch.random.get_rng_state(), state), "the global generator was used"
+
+    def flat(v):
+        if isinstance(v, torch.Tensor):
+            return [v]
+        if isinstance(v, dict):
+            return [t for k in sorted(v) for t in flat(v[k])]
+        return [t for x in v for t in flat(x)]
+
+    assert all(torch.equal(a, b) for a, b in zip(flat(first), flat(second), strict=True))
+
+
+def test_random_conv_case_shapes_follow_conv_output_size():
+    x, w, b, dout = cases.random_conv_case((2, 3, 7, 9), (4, 3, 3, 2), stride=2, padding=1, dtype=torch.float32)
+    assert x.shape == (2, 3, 7, 9) and w.shape == (4, 3, 3, 2) and b.shape == (4,)
+    assert dout.shape == torch.nn.functional.conv2d(x, w, b, stride=2, padding=1).shape == (2, 4, 4, 5)
+    assert {t.dtype for t in (x, w, b, dout)} == {torch.float32}
+    with pytest.raises(ValueError):
+        cases.random_conv_case((1, 1, 2, 2), (1, 1, 3, 3), stride=1, padding=0)  # the kernel does not fit
+
+
+def test_boxes_are_well_formed():
+    for boxes in (cases.random_boxes(100, seed=0), cases.clustered_boxes(100, 5, seed=0)):
+        assert boxes.shape == (100, 4) and boxes.dtype == torch.float32
+        assert bool((boxes[:, 2:] >= boxes[:, :2]).all())
+    assert cases.random_boxes(3, seed=0, dtype=torch.float64).dtype == torch.float64
+    scores = cases.random_scores(100, seed=0)
+    assert scores.shape == (100,) and bool(((scores >= 0) & (scores < 1)).all())
+    assert not torch.equal(scores, torch.rand(100, generator=torch.Generator().manual_seed(0)))  # its own stream
+
+
+def test_targets_and_detections():
+    targets = cases.random_targets(30, num_classes=4, seed=1, max_objects=5, empty_fraction=0.3)
+    counts = [len(t["boxes"]) for t in targets]
+    assert 0 in counts and max(counts) <= 5
+    for t in targets:
+        assert t["boxes"].shape == (len(t["labels"]), 4) and t["boxes"].dtype == torch.float32
+        assert t["labels"].dtype == torch.int64 and bool(((t["labels"] >= 1) & (t["labels"] <= 4)).all())
+    preds = cases.simulate_detections(targets, num_classes=4, seed=2)
+    assert len(preds) == len(targets)
+    scores = torch.cat([p["scores"] for p in preds])
+    assert len(set(scores.tolist())) == len(scores), "scores must be distinct over all images"
+    for p in preds:
+        assert p["boxes"].shape == (len(p["scores"]), 4) == (len(p["labels"]), 4)
+
+
+def test_make_scores_distinct_moves_ties_down():
+    preds = [{"scores": torch.tensor([0.5, 0.5], dtype=torch.float32)}, {"scores": torch.tensor([0.5])}]
+    out = cases.make_scores_distinct(preds)
+    values = [float(v) for p in out for v in p["scores"]]
+    assert values[0] == 0.5 and len(set(values)) == 3 and max(values[1:]) < 0.5
+
+
+def test_randomise_batchnorm_changes_every_bn():
+    model = torchvision.models.resnet.BasicBlock(4, 4)
+    cases.randomise_batchnorm_(model, seed=0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert not torch.equal(m.running_var, torch.ones(4)) and not torch.equal(m.weight, torch.ones(4))
+            assert bool((m.running_var >= 0.5).all())
+
+
+def test_batchnorm2d_reference_and_recorded_steps():
+    reference = cases.batchnorm2d_reference(3, eps=1e-5, momentum=0.1, seed=0)
+    assert reference.weight.dtype == torch.float64 and not torch.equal(reference.weight, torch.ones(3))
+    xs, douts = cases.batchnorm2d_steps(3, (4, 5, 5), steps=2, seed=0)
+    assert len(xs) == len(douts) == 3 and xs[0].shape == douts[0].shape == (4, 3, 5, 5)
+    records = cases.record_training_steps(reference, xs, douts, steps=2, lr=0.1)
+    assert len(records) == 3 and not reference.training
+    assert {"output", "gradient of the input", "weight.grad", "bias.grad", "running_mean"} <= set(records[0])
+    assert int(records[1]["num_batches_tracked"]) == 2 and int(records[2]["num_batches_tracked"]) == 2  # eval step
