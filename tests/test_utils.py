@@ -506,3 +506,24 @@ def test_start_notebook_seeds_limits_threads_and_says_so(capsys):
         assert f"torch {torch.__version__}" in out and "1 CPU thread |" in out and "seed 3" in out
     finally:
         torch.set_num_threads(before)
+
+
+def test_interactive_or_static_fixes_defaults_and_plain_values_in_jupyterlab(monkeypatch):
+    """Live, a parameter without a control (a plot helper's ``ax=None``) and a plain value stay fixed: ipywidgets
+    would otherwise try to build a slider for each, and fails on None."""
+    import ipywidgets
+
+    monkeypatch.delenv("COURSE_STATIC_WIDGETS", raising=False)
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    calls = []
+
+    def draw(stride: int = 2, scale: float = 1.0, ax=None):
+        calls.append((stride, scale, ax))
+
+    widget = widgets.interactive_or_static(draw, stride=ipywidgets.IntSlider(value=3, min=1, max=4), scale=2.5)
+    assert isinstance(widget, ipywidgets.interactive)
+    assert calls[-1] == (3, 2.5, None), calls
+    sliders = [
+        c for c in widget.children if isinstance(c, ipywidgets.ValueWidget) and not isinstance(c, ipywidgets.Output)
+    ]
+    assert len(sliders) == 1, f"only the stride gets a control, got {sliders}"

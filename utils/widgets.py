@@ -29,8 +29,18 @@ def interactive_or_static(func: Callable[..., Any], **controls: Any) -> Any:
         shown = ", ".join(f"{name}={value!r}" for name, value in values.items())
         print(f"[static figure at {shown}: in JupyterLab this cell shows live controls that redraw it]")
         return func(**values)
+    import inspect
+
     from IPython.display import display
 
-    widget = ipywidgets.interactive(func, **controls)
+    # a parameter without a control keeps its default, and a plain value stays that value: both are fixed, so
+    # ipywidgets never tries to invent a slider for them (it cannot for a default such as ``ax=None``)
+    fixed = {
+        name: ipywidgets.fixed(p.default)
+        for name, p in inspect.signature(func).parameters.items()
+        if name not in controls and p.default is not inspect.Parameter.empty
+    }
+    fixed.update({name: c if isinstance(c, ipywidgets.Widget) else ipywidgets.fixed(c) for name, c in controls.items()})
+    widget = ipywidgets.interactive(func, **fixed)
     display(widget)
     return widget
