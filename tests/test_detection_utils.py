@@ -109,3 +109,37 @@ def test_the_accumulate_steps_reproduce_cocoeval_class_by_class(seed):
                 num_gt += int((t["labels"] == c).sum())
             precision, recall = coco_precision_recall(torch.cat(flags), torch.cat(scores), num_gt)
             assert coco_average_precision(precision, recall) == pytest.approx(expected, abs=1e-12), (threshold, c)
+
+
+def _square_masks(boxes: torch.Tensor, size: int = 64) -> torch.Tensor:
+    masks = torch.zeros(len(boxes), size, size, dtype=torch.bool)
+    for k, (x1, y1, x2, y2) in enumerate(boxes.round().int().tolist()):
+        masks[k, y1:y2, x1:x2] = True
+    return masks
+
+
+def test_mask_ap_is_mask_iou_not_box_iou():
+    targets = [{**t, "masks": _square_masks(t["boxes"])} for t in _targets()]
+    preds = _perfect(targets)
+    for pred, target in zip(preds, targets):
+        pred["masks"] = target["masks"].clone()
+    assert coco_evaluate(preds, targets, iou_type="segm")["map"] == pytest.approx(1.0)
+    # the same boxes with masks of the top third only: mask IoU 1/3 (a miss at 0.5), box IoU still 1
+    for pred in preds:
+        thin = torch.zeros_like(pred["masks"])
+        for k, (x1, y1, x2, y2) in enumerate(pred["boxes"].int().tolist()):
+            thin[k, y1 : y1 + (y2 - y1) // 3, x1:x2] = True
+        pred["masks"] = thin
+    assert coco_evaluate(preds, targets, iou_type="segm")["map_50"] == pytest.approx(0.0)
+    assert coco_evaluate(preds, targets)["map"] == pytest.approx(1.0), "box AP ignores the masks"
+
+
+def test_soft_masks_are_thresholded_like_mask_rcnn_output():
+    targets = [{**t, "masks": _square_masks(t["boxes"])} for t in _targets()]
+    preds = _perfect(targets)
+    for pred, target in zip(preds, targets):
+        pred["masks"] = (0.3 + 0.4 * target["masks"].float())[:, None]  # Tensor[N, 1, H, W]: 0.7 inside, 0.3 outside
+    assert coco_evaluate(preds, targets, iou_type="segm")["map"] == pytest.approx(1.0)
+    assert coco_evaluate(preds, targets, iou_type="segm", mask_threshold=0.8)["map"] == 0.0
+    with pytest.raises(ValueError):
+        coco_evaluate(preds, targets, iou_type="keypoints")

@@ -1,4 +1,5 @@
-"""Detection evaluation shared by the chapters: the official COCO mAP through ``pycocotools``.
+"""Detection evaluation shared by the chapters: the official COCO mAP (box, or mask with ``iou_type="segm"``)
+through ``pycocotools``.
 
 The ``mean_average_precision`` assignment grades students against these functions (and judges its mAP
 function on ``coco_matches``, ``coco_precision_recall`` and ``coco_average_precision``, the steps of
@@ -44,38 +45,66 @@ COCO_STAT_NAMES = (
 )
 
 
-def _coco_objects(preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> tuple[Any, Any]:
+def _rle(mask: Tensor) -> dict[str, Any]:
+    """pycocotools' compressed run-length encoding of one ``Tensor[H, W]`` bool mask."""
+    from pycocotools import mask as mask_util
+
+    return mask_util.encode(np.asfortranarray(mask.detach().cpu().numpy().astype(np.uint8)))
+
+
+def _binary_masks(masks: Tensor, threshold: float) -> Tensor:
+    """``Tensor[N, H, W]`` or ``Tensor[N, 1, H, W]`` (bool, or soft in [0, 1]) -> ``Tensor[N, H, W]`` bool."""
+    if masks.dim() == 4:
+        masks = masks[:, 0]
+    return masks if masks.dtype == torch.bool else masks > threshold
+
+
+def _coco_objects(
+    preds: list[dict[str, Tensor]],
+    targets: list[dict[str, Tensor]],
+    iou_type: str = "bbox",
+    mask_threshold: float = 0.5,
+) -> tuple[Any, Any]:
     """COCO ground truth and results built in memory (no files): boxes xyxy -> COCO's ``[x, y, w, h]``,
     image and annotation ids from 1 (pycocotools uses 0 for "unmatched"). Results are ``None`` when there
-    is no detection at all (``loadRes`` cannot take an empty list)."""
+    is no detection at all (``loadRes`` cannot take an empty list). With ``iou_type="segm"`` the targets'
+    and predictions' ``"masks"`` become run-length encodings (the predictions' thresholded at
+    ``mask_threshold`` unless bool), and the detections carry no box (pycocotools derives it from the mask)."""
     from pycocotools.coco import COCO
+
+    segm = iou_type == "segm"
 
     images, annotations, detections, categories = [], [], [], set()
     for image_id, (pred, target) in enumerate(zip(preds, targets), start=1):
-        images.append({"id": image_id})
-        for (x1, y1, x2, y2), label in zip(target["boxes"].tolist(), target["labels"].tolist()):
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(label),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": 0,
-                }
-            )
+        gt_masks = _binary_masks(target["masks"], mask_threshold) if segm else None
+        # pycocotools' mask evaluation reads the image size (annToRLE), the box evaluation does not
+        images.append(
+            {"id": image_id, "height": gt_masks.shape[-2], "width": gt_masks.shape[-1]} if segm else {"id": image_id}
+        )
+        for k, ((x1, y1, x2, y2), label) in enumerate(zip(target["boxes"].tolist(), target["labels"].tolist())):
+            annotation = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(label),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": (x2 - x1) * (y2 - y1),
+                "iscrowd": 0,
+            }
+            if segm:
+                annotation["segmentation"] = _rle(gt_masks[k])
+                annotation["area"] = float(gt_masks[k].sum())
+            annotations.append(annotation)
             categories.add(int(label))
-        for (x1, y1, x2, y2), score, label in zip(
-            pred["boxes"].tolist(), pred["scores"].tolist(), pred["labels"].tolist()
+        dt_masks = _binary_masks(pred["masks"], mask_threshold) if segm else None
+        for k, ((x1, y1, x2, y2), score, label) in enumerate(
+            zip(pred["boxes"].tolist(), pred["scores"].tolist(), pred["labels"].tolist())
         ):
-            detections.append(
-                {
-                    "image_id": image_id,
-                    "category_id": int(label),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": float(score),
-                }
-            )
+            detection = {"image_id": image_id, "category_id": int(label), "score": float(score)}
+            if segm:
+                detection["segmentation"] = _rle(dt_masks[k])
+            else:
+                detection["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+            detections.append(detection)
             categories.add(int(label))
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress messages
         gt = COCO()
@@ -96,15 +125,22 @@ def _mean_ap(precision: np.ndarray) -> float:
 
 
 def coco_evaluate(
-    preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]], iou_thresholds: Sequence[float] | None = None
+    preds: list[dict[str, Tensor]],
+    targets: list[dict[str, Tensor]],
+    iou_thresholds: Sequence[float] | None = None,
+    iou_type: str = "bbox",
+    mask_threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """The official COCO box evaluation (``pycocotools.cocoeval.COCOeval``) of a detector's output.
+    """The official COCO box (or mask) evaluation (``pycocotools.cocoeval.COCOeval``) of a detector's output.
 
     Args:
         preds: one dict per image, ``{"boxes": Tensor[N, 4] xyxy, "scores": Tensor[N], "labels": Tensor[N]}``.
         targets: one dict per image, ``{"boxes": Tensor[M, 4] xyxy, "labels": Tensor[M]}``, same length.
         iou_thresholds: the IoU thresholds averaged in ``"map"``; default COCO's ten, 0.50:0.05:0.95.
             ``"map_50"`` and ``"map_75"`` are always AP at IoU 0.5 and 0.75 whatever this is.
+        iou_type: ``"bbox"`` (default: box IoU) or ``"segm"`` (mask IoU, COCO's mask AP): then every target
+            needs ``"masks"`` ``Tensor[M, H, W]`` bool and every prediction ``"masks"`` ``Tensor[N, H, W]`` or
+            ``Tensor[N, 1, H, W]``, bool or soft (Mask R-CNN's output), binarised at ``mask_threshold``.
 
     Returns:
         ``{"map", "map_50", "map_75"}`` (Python floats: mean AP over the classes that have ground truth, at
@@ -118,7 +154,9 @@ def coco_evaluate(
 
     if len(preds) != len(targets):
         raise ValueError(f"{len(preds)} predictions for {len(targets)} images")
-    gt, dt = _coco_objects(preds, targets)
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    gt, dt = _coco_objects(preds, targets, iou_type, mask_threshold)
     gt_classes = sorted({int(c) for t in targets for c in t["labels"].tolist()})
     if dt is None:  # no detections anywhere: every class with ground truth has recall 0, hence AP 0
         value = 0.0 if gt_classes else -1.0
@@ -132,7 +170,7 @@ def coco_evaluate(
         }
 
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_eval = COCOeval(gt, dt, "bbox")
+        coco_eval = COCOeval(gt, dt, iou_type)
         wanted = coco_eval.params.iouThrs if iou_thresholds is None else np.asarray(iou_thresholds, dtype=np.float64)
         # always evaluate 0.5 and 0.75 too, so that map_50 and map_75 exist
         extra = [t for t in (0.5, 0.75) if not np.isclose(wanted, t).any()]
