@@ -125,6 +125,25 @@ def test_shapes_dataset_is_deterministic_by_seed():
         a[5]
 
 
+def test_shapes_classification_labels_are_the_datasets_counts_and_classes():
+    images, labels = utils.shapes_classification(40, image_size=24, task="count", max_objects=4, seed=3)
+    shapes = utils.ShapesDataset(40, image_size=24, max_objects=4, seed=3)
+    assert images.shape == (40, 3, 24, 24) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    for i in (0, 17, 39):
+        image, target = shapes[i]
+        assert torch.equal(images[i], image), f"image {i} differs from ShapesDataset's"
+        assert int(labels[i]) == len(target["labels"]) - 1, f"image {i}: label {int(labels[i])}"
+    assert set(labels.tolist()) == {0, 1, 2, 3}, "every count should occur in 40 images"
+    images, labels = utils.shapes_classification(30, image_size=20, task="shape", seed=1)
+    single = utils.ShapesDataset(30, image_size=20, max_objects=1, seed=1)
+    assert [int(single[i][1]["labels"][0]) - 1 for i in range(30)] == labels.tolist()
+    assert set(labels.tolist()) == {0, 1, 2}
+    again, _ = utils.shapes_classification(30, image_size=20, task="shape", seed=1)
+    assert torch.equal(again, images), "the same seed must give the same images"
+    with pytest.raises(ValueError):
+        utils.shapes_classification(3, task="colour")
+
+
 def test_detection_collate():
     ds = utils.ShapesDataset(3, image_size=32)
     images, targets = utils.detection_collate([ds[0], ds[1], ds[2]])

@@ -23,6 +23,7 @@ __all__ = [
     "ShapesDataset",
     "detection_collate",
     "SHAPE_CLASSES",
+    "shapes_classification",
 ]
 
 #: Class names of :class:`ShapesDataset`; index 0 is the background of the semantic mask.
@@ -279,6 +280,36 @@ class ShapesDataset(torch.utils.data.Dataset):
             "semantic": torch.from_numpy(semantic),
         }
         return image_t, target
+
+
+def shapes_classification(
+    n: int, image_size: int = 24, task: str = "count", max_objects: int = 4, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """:class:`ShapesDataset` rendered as an image-classification set, all in memory.
+
+    Args:
+        n: number of images.
+        image_size: side of the square images in pixels.
+        task: ``"count"``: 1 to ``max_objects`` shapes per image, the label is how many there are minus one
+            (classes ``0 .. max_objects - 1``); ``"shape"``: exactly one shape per image, the label is which one
+            (0 circle, 1 square, 2 triangle).
+        max_objects: the largest count of the ``"count"`` task (ignored by ``"shape"``).
+        seed: the :class:`ShapesDataset` seed; different seeds give independent draws (train and test sets).
+
+    Returns:
+        images ``Tensor[n, 3, S, S]`` float32 in [0, 1] and labels ``Tensor[n]`` int64.
+    """
+    if task not in ("count", "shape"):
+        raise ValueError(f"task must be 'count' or 'shape', got {task!r}")
+    shapes = ShapesDataset(n, image_size=image_size, max_objects=max_objects if task == "count" else 1, seed=seed)
+    images, labels = [], []
+    for index in range(n):
+        image, target = shapes[index]
+        images.append(image)
+        labels.append(len(target["labels"]) - 1 if task == "count" else int(target["labels"][0]) - 1)
+    if not images:
+        return torch.zeros((0, 3, image_size, image_size)), torch.zeros(0, dtype=torch.int64)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
 def detection_collate(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, list[dict[str, Tensor]]]:
