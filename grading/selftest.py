@@ -170,14 +170,13 @@ def write_inbox(folder: Path, plan: Mapping[str, Mapping[str, Handin]]) -> Path:
 
 
 def grade_inbox(
-    inbox: Path, root: Path, jobs: int = 2, cell_timeout: int | None = None, timeout: float = 3600
+    inbox: Path, course: pipeline.Course, jobs: int = 2, timeout: float = 3600
 ) -> subprocess.CompletedProcess:
-    """``python -m grading autograde <inbox> --root <root> --jobs <jobs>``, as ``make autograde`` runs it, in a new
-    course at ``root`` (:class:`grading.pipeline.Course`: its own sqlite gradebook, ``cell_timeout`` seconds per
-    cell if given). Returns the finished process (stdout: the per-assignment summaries and timings)."""
-    pipeline.Course(root, cell_timeout=cell_timeout)  # writes root/nbgrader_config.py
+    """``python -m grading autograde <inbox> --root <course> --jobs <jobs>``, as ``make autograde`` runs it, in
+    ``course`` (:class:`grading.pipeline.Course`: its own gradebook and cell timeout). Returns the finished process
+    (stdout: the per-assignment summaries and timings)."""
     return subprocess.run(
-        [sys.executable, "-m", "grading", "autograde", str(inbox), "--root", str(root), "--jobs", str(jobs)],
+        [sys.executable, "-m", "grading", "autograde", str(inbox), "--root", str(course.root), "--jobs", str(jobs)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -304,14 +303,14 @@ def grade_test_class(
     inbox = write_inbox(root / "inbox", plan)
     loops = {a: {"endless_loop": Handin(with_endless_loop(plan[a]["solution"].notebook))} for a in loop_assignments}
     loop_inbox = write_inbox(root / "loop_inbox", loops)
-    with ThreadPoolExecutor(max_workers=1) as beside:  # the loop mostly waits for its time-outs
-        loop = beside.submit(grade_inbox, loop_inbox, root / "loop_course", 1, LOOP_TIMEOUT) if loops else None
-        run = grade_inbox(inbox, root / "course", jobs=jobs)
-        loop_run = loop.result() if loop else None
     course, loop_course = pipeline.Course(root / "course"), pipeline.Course(root / "loop_course", LOOP_TIMEOUT)
+    with ThreadPoolExecutor(max_workers=1) as beside:  # the loop mostly waits for its time-outs
+        loop = beside.submit(grade_inbox, loop_inbox, loop_course, 1) if loops else None
+        run = grade_inbox(inbox, course, jobs=jobs)
+        loop_run = loop.result() if loop else None
     scores = {a: course.scores(a) for a in assignments}
     again = write_inbox(root / "regrade_inbox", {a: {"solution": plan[a]["solution"]} for a in regrade_assignments})
-    regrade = grade_inbox(again, course.root, jobs=jobs) if regrade_assignments else None
+    regrade = grade_inbox(again, course, jobs=jobs) if regrade_assignments else None
     if regrade is not None and regrade.returncode != 0:
         raise RuntimeError(f"re-grading failed:\n{regrade.stdout[-3000:]}\n{regrade.stderr[-3000:]}")
     seconds = seconds_per_submission(run.stdout)

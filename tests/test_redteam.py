@@ -15,15 +15,13 @@ import csv
 import hashlib
 import os
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from grading import pipeline, submissions
+from grading import pipeline, selftest, submissions
 from grading.paths import REPO, assignment_names
 from grading.submissions import nbgrader_meta
 
@@ -293,23 +291,7 @@ def redteam(tmp_path_factory):
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "grading",
-                "autograde",
-                str(inbox),
-                "--root",
-                str(course.root),
-                "--jobs",
-                os.environ.get("GRADING_JOBS", "2"),
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=3000,
-        )
+        out = selftest.grade_inbox(inbox, course, jobs=int(os.environ.get("GRADING_JOBS", "2")), timeout=3000)
     finally:
         stop.set()
         thread.join()
