@@ -31,6 +31,13 @@ def _describe(score: pipeline.Score) -> str:
     return f"{score.total:g}/{score.max_total:g}, failed cells {score.failed()}"
 
 
+def _full_marks(graded, student: str, assignment: str):
+    """Assert that ``student`` got every automatic point of ``assignment``; return the autograded notebook."""
+    score = graded.scores[assignment][student]
+    assert score.auto_total == score.auto_max, _describe(score)
+    return graded.autograded(student, assignment)
+
+
 # ----------------------------------------------------------------------------- right vs wrong
 def test_every_assignment_is_graded():
     assert len(ASSIGNMENTS) >= 1, "solutions/ holds no assignment"
@@ -141,9 +148,7 @@ def test_deleted_test_cell_never_gets_full_marks(graded, assignment):
 @slow
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_stray_utils_py_does_not_shadow_the_course_utils(graded, assignment):
-    score = graded.scores[assignment]["stray_utils"]
-    assert score.auto_total == score.auto_max, _describe(score)
-    nb = graded.autograded("stray_utils", assignment)
+    nb = _full_marks(graded, "stray_utils", assignment)
     assert "shadowed" not in json.dumps(nb), "the stray utils.py was imported"
     beside = graded.course.root / "autograded" / "stray_utils" / assignment / "utils.py"
     assert beside.exists(), "the stray utils.py was not next to the graded notebook"
@@ -166,9 +171,7 @@ def test_nbgrader_zeroes_a_test_cell_that_writes_to_stderr():
 @slow
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_correct_code_with_a_torch_warning_keeps_full_marks(graded, assignment):
-    score = graded.scores[assignment]["torch_warning"]
-    assert score.auto_total == score.auto_max, _describe(score)
-    nb = graded.autograded("torch_warning", assignment)
+    nb = _full_marks(graded, "torch_warning", assignment)
     graded_cells = [c for c in nb.cells if nbgrader_meta(c).get("grade") and c.cell_type == "code"]
     # a test cell's outputs are the trusted verdict: what the student's code prints never reaches them
     streams = [o for c in graded_cells for o in c.outputs if o.output_type == "stream"]
