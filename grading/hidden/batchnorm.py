@@ -177,6 +177,15 @@ def _run(student: Student, case: str, what: str, probe: str, **bindings: Any) ->
         raise type(exc)(f"{case}: {message}") from None
 
 
+def _run_steps(student: Student, case: str, what: str, probe: str, function: str, steps: int, **bindings: Any) -> list:
+    """:func:`_run` of a probe that calls ``function`` once a step and returns a list of what each step gave:
+    that list, or a failure naming the case when it does not hold ``steps`` of them."""
+    got = _run(student, case, what, probe, **bindings)
+    if not isinstance(got, list) or len(got) != steps:
+        raise AssertionError(f"{case}: {function} did not run {steps} time(s)")
+    return got
+
+
 def _triple(case: str, function: str, grads: Any) -> tuple[Any, Any, Any]:
     """``(dx, dgamma, dbeta)`` from what a backward function returned, or a failure naming the case."""
     if not isinstance(grads, (tuple, list)) or len(grads) != 3:
@@ -252,11 +261,13 @@ def _check_forward_train(
     if constant_feature:
         for x in xs:
             x[:, 0] = -1.25
-    got = _run(
+    got = _run_steps(
         student,
         case,
         "batchnorm_forward",
         _FORWARD_STEPS,
+        "batchnorm_forward",
+        steps,
         _xs=xs,
         _gamma=gamma,
         _beta=beta,
@@ -265,8 +276,6 @@ def _check_forward_train(
         _momentum=momentum,
         _eps=eps,
     )
-    if not isinstance(got, list) or len(got) != steps:
-        raise AssertionError(f"{case}: batchnorm_forward did not run {steps} time(s)")
     for step, (x, result) in enumerate(zip(xs, got), start=1):
         expected = F.batch_norm(x, ref_mean, ref_var, gamma, beta, training=True, momentum=momentum, eps=eps)
         _assert_bn_result(
@@ -561,11 +570,13 @@ def _check_spatial(
         )
         F.batch_norm(x, mean, var, training=training, momentum=momentum, eps=eps)  # the buffers of the next step
     with sub.substituted(student, _bn_tables(calls)), student.forbid(autograd=True):
-        got = _run(
+        got = _run_steps(
             student,
             case,
             "spatial_batchnorm_forward / spatial_batchnorm_backward",
             _SPATIAL_STEPS,
+            "spatial_batchnorm_forward",
+            steps,
             _xs=xs,
             _douts=douts,
             _gamma=gamma.detach(),
@@ -576,8 +587,6 @@ def _check_spatial(
             _momentum=momentum,
             _eps=eps,
         )
-    if not isinstance(got, list) or len(got) != steps:
-        raise AssertionError(f"{case}: spatial_batchnorm_forward did not run {steps} time(s)")
     for step, (x, dout, (out, mean_after, var_after, grads)) in enumerate(zip(xs, douts, got), start=1):
         x = x.clone().requires_grad_()
         expected, expected_grads = _reference_grads(
