@@ -37,14 +37,29 @@ def mlp(
 
 
 class SmallCNN(nn.Module):
-    """A LeNet-sized CNN for 28x28 digits: two conv-ReLU-pool stages and a linear classifier.
+    """A LeNet-sized CNN for 28x28 digits: two conv-[norm]-ReLU-pool stages and a linear classifier.
 
     Input ``Tensor[B, in_channels, 28, 28]`` -> logits ``Tensor[B, num_classes]``.
+
+    The normalisation after each convolution: ``norm(channels)`` if given (any layer class or factory, e.g. a
+    ``BatchNorm2d`` of your own or ``lambda c: nn.GroupNorm(4, c)``), else ``nn.BatchNorm2d`` with
+    ``batchnorm=True``, else none (an ``nn.Identity`` in its place, so the layers' indices and state_dict keys
+    are the same either way).
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, batchnorm: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        width: int = 16,
+        batchnorm: bool = False,
+        norm: Callable[[int], nn.Module] | None = None,
+    ) -> None:
         super().__init__()
-        norm: Callable[[int], nn.Module] = nn.BatchNorm2d if batchnorm else (lambda c: nn.Identity())
+        if norm is not None and batchnorm:
+            raise ValueError("SmallCNN: pass either batchnorm=True or norm=..., not both")
+        if norm is None:
+            norm = nn.BatchNorm2d if batchnorm else (lambda c: nn.Identity())
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1),
             norm(width),

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from grading.hidden import _substitutes as sub
 from grading.trusted import ForbiddenUse, KernelFailure, Student, StudentError, grades
-from utils.cases import batchnorm2d_reference, batchnorm2d_steps, record_training_steps
+from utils.cases import BATCHNORM_FORBIDDEN, batchnorm2d_reference, batchnorm2d_steps, record_training_steps
 from utils.testing import assert_close  # names the case; expected vs got at the worst element
 
 F64 = torch.float64
@@ -35,31 +35,11 @@ TOL = {"rtol": 1e-9, "atol": 1e-10}  # float64 comparisons with PyTorch (the not
 TOL32 = {"rtol": 1e-5, "atol": 1e-5}  # float32 comparisons (the notebook's TOL32)
 EXACT = {"rtol": 0.0, "atol": 0.0}
 
-# The notebook's FORBIDDEN (every alias is one code object or builtin, so a captured reference is caught
-# too), then library internals that compute the same normalisations in Python (torch's decompositions
-# and reference implementations), then the dispatcher operators all of them end in, however reached
-# (torch.ops.aten.native_batch_norm, torch._C._nn..., a module's forward).
-# (The layers share their base classes' methods; a shared method is reported under the last class listed
-# that has it, so nn.BatchNorm2d, the layer of this assignment, comes last.)
-NOTEBOOK_FORBIDDEN = (
-    "torch.nn.functional.batch_norm",
-    "torch.nn.functional.layer_norm",
-    "torch.nn.functional.group_norm",
-    "torch.nn.functional.instance_norm",
-    "torch.batch_norm",
-    "torch.layer_norm",
-    "torch.group_norm",
-    "torch.instance_norm",
-    "torch.native_batch_norm",
-    "torch.native_layer_norm",
-    "torch.native_group_norm",
-    "torch.nn.LayerNorm",
-    "torch.nn.GroupNorm",
-    "torch.nn.InstanceNorm2d",
-    "torch.nn.BatchNorm1d",
-    "torch.nn.BatchNorm3d",
-    "torch.nn.BatchNorm2d",
-)
+# What the notebook's tests block (utils.cases.BATCHNORM_FORBIDDEN, the one list both use; every alias is one code
+# object or builtin, so a captured reference is caught too; a method the layers share with their base classes is
+# reported under the last class listed that has it, nn.BatchNorm2d), then library internals that compute the same
+# normalisations in Python (torch's decompositions and reference implementations), then the dispatcher operators
+# all of them end in, however reached (torch.ops.aten.native_batch_norm, torch._C._nn..., a module's forward).
 LIBRARY_INTERNALS = (
     "torch._decomp.decompositions.native_batch_norm_helper",
     "torch._decomp.decompositions.native_batch_norm",
@@ -79,7 +59,7 @@ LIBRARY_INTERNALS = (
 )
 FORBID = dict(
     ops=["aten::*batch_norm*", "aten::*layer_norm*", "aten::*group_norm*", "aten::*instance_norm*"],
-    python=[*NOTEBOOK_FORBIDDEN, *LIBRARY_INTERNALS],
+    python=[*BATCHNORM_FORBIDDEN, *LIBRARY_INTERNALS],
 )
 
 
@@ -197,12 +177,56 @@ def _run(student: Student, case: str, what: str, probe: str, **bindings: Any) ->
         raise type(exc)(f"{case}: {message}") from None
 
 
+def _run_steps(student: Student, case: str, what: str, probe: str, function: str, steps: int, **bindings: Any) -> list:
+    """:func:`_run` of a probe that calls ``function`` once a step and returns a list of what each step gave:
+    that list, or a failure naming the case when it does not hold ``steps`` of them."""
+    got = _run(student, case, what, probe, **bindings)
+    if not isinstance(got, list) or len(got) != steps:
+        raise AssertionError(f"{case}: {function} did not run {steps} time(s)")
+    return got
+
+
 def _triple(case: str, function: str, grads: Any) -> tuple[Any, Any, Any]:
     """``(dx, dgamma, dbeta)`` from what a backward function returned, or a failure naming the case."""
     if not isinstance(grads, (tuple, list)) or len(grads) != 3:
         got = type(grads).__name__ + (f" of length {len(grads)}" if isinstance(grads, (tuple, list)) else "")
         raise AssertionError(f"{case}: {function} must return (dx, dgamma, dbeta), got {got}")
     return grads[0], grads[1], grads[2]
+
+
+def _bn_parameters(
+    g: torch.Generator, D: int, dtype: torch.dtype = F64, var_offset: float = 0.5, grad: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(gamma, beta, running_mean, running_var)``, each ``Tensor[D]``, drawn from ``g`` in this order: N(0, 1) but
+    the variance, uniform in [var_offset, var_offset + 1); with ``grad`` gamma and beta are autograd leaves."""
+    gamma = torch.randn(D, generator=g, dtype=dtype).requires_grad_(grad)
+    beta = torch.randn(D, generator=g, dtype=dtype).requires_grad_(grad)
+    running_mean = torch.randn(D, generator=g, dtype=dtype)
+    running_var = torch.rand(D, generator=g, dtype=dtype) + var_offset
+    return gamma, beta, running_mean, running_var
+
+
+def _assert_bn_result(
+    name: str,
+    got: Any,
+    expected: Tensor,
+    running: tuple[Tensor, Tensor],
+    tol: dict[str, float],
+    buffers: tuple[str, str] = ("running_mean", "running_var"),
+    buffer_tol: dict[str, float] | None = None,
+) -> None:
+    """A batch-norm forward's ``(out, running_mean, running_var)`` against the reference output and buffers;
+    ``buffers`` are the buffers' names in the failure, ``buffer_tol`` their tolerance (default ``tol``)."""
+    out, mean_after, var_after = got
+    assert_close(f"{name}: out", out, expected, **tol)
+    assert_close(f"{name}: {buffers[0]}", mean_after, running[0], **(buffer_tol or tol))
+    assert_close(f"{name}: {buffers[1]}", var_after, running[1], **(buffer_tol or tol))
+
+
+def _assert_grads(name: str, backward: str, grads: Any, expected: Sequence[Tensor], tol: dict[str, float]) -> None:
+    """What ``backward`` returned against the reference ``(dx, dgamma, dbeta)``, each named in the failure."""
+    for label, got, want in zip(("dx", "dgamma", "dbeta"), _triple(name, backward, grads), expected):
+        assert_close(f"{name}: {label}", got, want, **tol)
 
 
 def _reference_grads(forward: Any, dout: Tensor, *leaves: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -230,21 +254,20 @@ def _check_forward_train(
     """``steps`` training-mode calls of batchnorm_forward on ``Tensor[N, D]`` against F.batch_norm, with the
     running statistics updated in place (``constant_feature``: feature 0 has variance 0)."""
     g = torch.Generator().manual_seed(seed)
-    gamma = torch.randn(D, generator=g, dtype=dtype)
-    beta = torch.randn(D, generator=g, dtype=dtype)
-    running_mean = torch.randn(D, generator=g, dtype=dtype)
-    running_var = torch.rand(D, generator=g, dtype=dtype) + 0.5
+    gamma, beta, running_mean, running_var = _bn_parameters(g, D, dtype)
     ref_mean, ref_var = running_mean.clone(), running_var.clone()
     tol = TOL if dtype == F64 else TOL32
     xs = [torch.randn(N, D, generator=g, dtype=dtype) * 2.0 + 3.0 for _ in range(steps)]
     if constant_feature:
         for x in xs:
             x[:, 0] = -1.25
-    got = _run(
+    got = _run_steps(
         student,
         case,
         "batchnorm_forward",
         _FORWARD_STEPS,
+        "batchnorm_forward",
+        steps,
         _xs=xs,
         _gamma=gamma,
         _beta=beta,
@@ -253,13 +276,16 @@ def _check_forward_train(
         _momentum=momentum,
         _eps=eps,
     )
-    if not isinstance(got, list) or len(got) != steps:
-        raise AssertionError(f"{case}: batchnorm_forward did not run {steps} time(s)")
-    for step, (x, (out, mean_after, var_after)) in enumerate(zip(xs, got), start=1):
+    for step, (x, result) in enumerate(zip(xs, got), start=1):
         expected = F.batch_norm(x, ref_mean, ref_var, gamma, beta, training=True, momentum=momentum, eps=eps)
-        assert_close(f"{case}, step {step}: out", out, expected, **tol)
-        assert_close(f"{case}, step {step}: running_mean (must be updated in place)", mean_after, ref_mean, **tol)
-        assert_close(f"{case}, step {step}: running_var (in place, unbiased batch variance)", var_after, ref_var, **tol)
+        _assert_bn_result(
+            f"{case}, step {step}",
+            result,
+            expected,
+            (ref_mean, ref_var),
+            tol,
+            ("running_mean (must be updated in place)", "running_var (in place, unbiased batch variance)"),
+        )
 
 
 @grades("test_batchnorm_forward_train")
@@ -304,11 +330,8 @@ def _check_forward_eval(student: Student, case: str, N: int, D: int, eps: float 
     """Evaluation mode: normalise ``Tensor[N, D]`` with the running statistics and leave them untouched."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(N, D, generator=g, dtype=F64) * 2.0 - 1.0
-    gamma = torch.randn(D, generator=g, dtype=F64)
-    beta = torch.randn(D, generator=g, dtype=F64)
-    running_mean = torch.randn(D, generator=g, dtype=F64)
-    running_var = torch.rand(D, generator=g, dtype=F64) + 0.2
-    out, mean_after, var_after = _run(
+    gamma, beta, running_mean, running_var = _bn_parameters(g, D, var_offset=0.2)
+    got = _run(
         student,
         case,
         "batchnorm_forward",
@@ -321,9 +344,15 @@ def _check_forward_eval(student: Student, case: str, N: int, D: int, eps: float 
         _eps=eps,
     )
     expected = F.batch_norm(x, running_mean.clone(), running_var.clone(), gamma, beta, training=False, eps=eps)
-    assert_close(f"{case}: out", out, expected, **TOL)
-    assert_close(f"{case}: running_mean must not change in eval mode", mean_after, running_mean, **EXACT)
-    assert_close(f"{case}: running_var must not change in eval mode", var_after, running_var, **EXACT)
+    _assert_bn_result(
+        case,
+        got,
+        expected,
+        (running_mean, running_var),
+        TOL,
+        ("running_mean must not change in eval mode", "running_var must not change in eval mode"),
+        EXACT,
+    )
 
 
 @grades("test_batchnorm_forward_eval")
@@ -360,10 +389,7 @@ def _check_norm_backward(
     if constant_feature:
         x[:, 0] = 0.75  # variance 0: xhat is 0 and the gradient goes through eps alone
     x.requires_grad_()
-    gamma = torch.randn(D, generator=g, dtype=dtype).requires_grad_()
-    beta = torch.randn(D, generator=g, dtype=dtype).requires_grad_()
-    running_mean = torch.randn(D, generator=g, dtype=dtype)
-    running_var = torch.rand(D, generator=g, dtype=dtype) + 0.5
+    gamma, beta, running_mean, running_var = _bn_parameters(g, D, dtype, grad=True)
     dout = torch.randn(N, D, generator=g, dtype=dtype)
     tol = TOL if dtype == F64 else TOL32
     with student.forbid(autograd=True):
@@ -381,7 +407,7 @@ def _check_norm_backward(
             _eps=eps,
             _dout=dout,
         )
-    expected_out, (x_grad, gamma_grad, beta_grad) = _reference_grads(
+    expected_out, expected_grads = _reference_grads(
         lambda: F.batch_norm(x, running_mean.clone(), running_var.clone(), gamma, beta, training, 0.1, eps),
         dout,
         x,
@@ -390,10 +416,7 @@ def _check_norm_backward(
     )
     out, grads = got if isinstance(got, tuple) and len(got) == 2 else (None, got)
     try:
-        dx, dgamma, dbeta = _triple(case, backward, grads)
-        assert_close(f"{case}: dx", dx, x_grad, **tol)
-        assert_close(f"{case}: dgamma", dgamma, gamma_grad, **tol)
-        assert_close(f"{case}: dbeta", dbeta, beta_grad, **tol)
+        _assert_grads(case, backward, grads, expected_grads, tol)
     except AssertionError:
         forward_right = (
             isinstance(out, Tensor)
@@ -526,11 +549,7 @@ def _check_spatial(
     are replaced by trusted tables for the (n, h, w)-ordered rows of these inputs (a bug there costs their
     own cells); a spatial version that calls them with anything else runs the student's own."""
     g = torch.Generator().manual_seed(seed)
-    C = shape[1]
-    gamma = torch.randn(C, generator=g, dtype=F64).requires_grad_()
-    beta = torch.randn(C, generator=g, dtype=F64).requires_grad_()
-    running_mean = torch.randn(C, generator=g, dtype=F64)
-    running_var = torch.rand(C, generator=g, dtype=F64) + 0.5
+    gamma, beta, running_mean, running_var = _bn_parameters(g, shape[1], grad=True)
     ref_mean, ref_var = running_mean.clone(), running_var.clone()
     xs = [(torch.randn(shape, generator=g, dtype=F64) * 2.0 + 0.5) for _ in range(steps)]
     douts = [torch.randn(shape, generator=g, dtype=F64) for _ in range(steps)]
@@ -551,11 +570,13 @@ def _check_spatial(
         )
         F.batch_norm(x, mean, var, training=training, momentum=momentum, eps=eps)  # the buffers of the next step
     with sub.substituted(student, _bn_tables(calls)), student.forbid(autograd=True):
-        got = _run(
+        got = _run_steps(
             student,
             case,
             "spatial_batchnorm_forward / spatial_batchnorm_backward",
             _SPATIAL_STEPS,
+            "spatial_batchnorm_forward",
+            steps,
             _xs=xs,
             _douts=douts,
             _gamma=gamma.detach(),
@@ -566,21 +587,14 @@ def _check_spatial(
             _momentum=momentum,
             _eps=eps,
         )
-    if not isinstance(got, list) or len(got) != steps:
-        raise AssertionError(f"{case}: spatial_batchnorm_forward did not run {steps} time(s)")
     for step, (x, dout, (out, mean_after, var_after, grads)) in enumerate(zip(xs, douts, got), start=1):
         x = x.clone().requires_grad_()
-        expected, (x_grad, gamma_grad, beta_grad) = _reference_grads(
+        expected, expected_grads = _reference_grads(
             lambda x=x: F.batch_norm(x, ref_mean, ref_var, gamma, beta, training, momentum, eps), dout, x, gamma, beta
         )
         name = f"{case}, step {step}"
-        assert_close(f"{name}: out", out, expected, **TOL)
-        assert_close(f"{name}: running_mean", mean_after, ref_mean, **TOL)
-        assert_close(f"{name}: running_var", var_after, ref_var, **TOL)
-        dx, dgamma, dbeta = _triple(name, "spatial_batchnorm_backward", grads)
-        assert_close(f"{name}: dx", dx, x_grad, **TOL)
-        assert_close(f"{name}: dgamma", dgamma, gamma_grad, **TOL)
-        assert_close(f"{name}: dbeta", dbeta, beta_grad, **TOL)
+        _assert_bn_result(name, (out, mean_after, var_after), expected, (ref_mean, ref_var), TOL)
+        _assert_grads(name, "spatial_batchnorm_backward", grads, expected_grads, TOL)
 
 
 @grades("test_spatial_batchnorm")
@@ -614,16 +628,18 @@ def _check_forward_backward(
     case: str,
     forward: str,
     backward: str,
+    g: torch.Generator,
     x: Tensor,
-    gamma: Tensor,
-    beta: Tensor,
-    dout: Tensor,
     extra: Sequence[Any],
     eps: float,
     reference: Any,
 ) -> None:
     """``forward(x, gamma, beta, *extra, eps=eps)`` then ``backward(dout, cache)`` in the kernel, against
-    ``reference(x, gamma, beta)`` and autograd through it here."""
+    ``reference(x, gamma, beta)`` and autograd through it here. ``x`` is an autograd leaf ``Tensor[N, C, ...]``
+    drawn from ``g``; gamma and beta (``Tensor[C]``, leaves) and dout (x's shape) are drawn from ``g`` after it."""
+    gamma = torch.randn(x.shape[1], generator=g, dtype=F64).requires_grad_()
+    beta = torch.randn(x.shape[1], generator=g, dtype=F64).requires_grad_()
+    dout = torch.randn(x.shape, generator=g, dtype=F64)
     with student.forbid(autograd=True):
         got = _run(
             student,
@@ -637,15 +653,10 @@ def _check_forward_backward(
             _extra=list(extra),
             _eps=eps,
         )
-    expected, (x_grad, gamma_grad, beta_grad) = _reference_grads(
-        lambda: reference(x, gamma, beta), dout, x, gamma, beta
-    )
+    expected, expected_grads = _reference_grads(lambda: reference(x, gamma, beta), dout, x, gamma, beta)
     out, grads = got
     assert_close(f"{case}: out", out, expected, **TOL)
-    dx, dgamma, dbeta = _triple(case, backward, grads)
-    assert_close(f"{case}: dx", dx, x_grad, **TOL)
-    assert_close(f"{case}: dgamma", dgamma, gamma_grad, **TOL)
-    assert_close(f"{case}: dbeta", dbeta, beta_grad, **TOL)
+    _assert_grads(case, backward, grads, expected_grads, TOL)
 
 
 def _check_layernorm(
@@ -660,18 +671,13 @@ def _check_layernorm(
     """layernorm_forward/backward on ``Tensor[N, D]`` against F.layer_norm and autograd."""
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(N, D, generator=g, dtype=F64) * 3.0 + shift).requires_grad_()
-    gamma = torch.randn(D, generator=g, dtype=F64).requires_grad_()
-    beta = torch.randn(D, generator=g, dtype=F64).requires_grad_()
-    dout = torch.randn(N, D, generator=g, dtype=F64)
     _check_forward_backward(
         student,
         case,
         "layernorm_forward",
         "layernorm_backward",
+        g,
         x,
-        gamma,
-        beta,
-        dout,
         (),
         eps,
         lambda x_, w_, b_: F.layer_norm(x_, (D,), w_, b_, eps),
@@ -697,20 +703,14 @@ def _check_groupnorm(
 ) -> None:
     """groupnorm_forward/backward on ``Tensor[N, C, H, W]`` against F.group_norm and autograd."""
     g = torch.Generator().manual_seed(seed)
-    C = shape[1]
     x = (torch.randn(shape, generator=g, dtype=F64) * 2.0 - 1.0).requires_grad_()
-    gamma = torch.randn(C, generator=g, dtype=F64).requires_grad_()
-    beta = torch.randn(C, generator=g, dtype=F64).requires_grad_()
-    dout = torch.randn(shape, generator=g, dtype=F64)
     _check_forward_backward(
         student,
         case,
         "groupnorm_forward",
         "groupnorm_backward",
+        g,
         x,
-        gamma,
-        beta,
-        dout,
         (num_groups,),
         eps,
         lambda x_, w_, b_: F.group_norm(x_, num_groups, w_, b_, eps),
@@ -899,10 +899,7 @@ def _check_fold(
     g = torch.Generator().manual_seed(seed)
     conv_weight = torch.randn(out_ch, in_ch // groups, k, k, generator=g, dtype=F64)
     conv_bias = torch.randn(out_ch, generator=g, dtype=F64) if with_bias else None
-    bn_weight = torch.randn(out_ch, generator=g, dtype=F64)
-    bn_bias = torch.randn(out_ch, generator=g, dtype=F64)
-    running_mean = torch.randn(out_ch, generator=g, dtype=F64)
-    running_var = torch.rand(out_ch, generator=g, dtype=F64) + 0.1
+    bn_weight, bn_bias, running_mean, running_var = _bn_parameters(g, out_ch, var_offset=0.1)
     x = torch.randn(2, in_ch, 7, 6, generator=g, dtype=F64)
     returned, after = _run(
         student,
