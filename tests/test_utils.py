@@ -390,6 +390,31 @@ def test_interactive_or_static_calls_once_when_headless(monkeypatch):
     assert isinstance(widget, ipywidgets.interactive)
 
 
+def test_small_cnn_norm_factory_places_the_layer_after_each_conv():
+    """``norm=`` puts the given layer where ``batchnorm=True`` puts BatchNorm2d: same keys, same values, same output."""
+    built: list[int] = []
+
+    def tracked(channels: int) -> nn.Module:
+        built.append(channels)
+        return nn.BatchNorm2d(channels)
+
+    torch.manual_seed(0)
+    reference = utils.SmallCNN(batchnorm=True, width=8)
+    torch.manual_seed(0)
+    custom = utils.SmallCNN(norm=tracked, width=8)
+    assert built == [8, 16]
+    assert list(custom.state_dict()) == list(reference.state_dict())
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(custom.eval()(x), reference.eval()(x))
+    grouped = utils.SmallCNN(norm=lambda c: nn.GroupNorm(4, c), width=8)
+    assert [type(m) for m in grouped.features if not isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d))] == [
+        nn.GroupNorm,
+        nn.GroupNorm,
+    ]
+    with pytest.raises(ValueError):
+        utils.SmallCNN(batchnorm=True, norm=nn.BatchNorm2d)
+
+
 def test_models_shapes():
     x = torch.randn(5, 1, 28, 28)
     assert utils.SmallCNN()(x).shape == (5, 10) and utils.SmallCNN(batchnorm=True, num_classes=3)(x).shape == (5, 3)
