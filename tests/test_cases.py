@@ -69,7 +69,7 @@ def test_boxes_are_well_formed():
     assert not torch.equal(scores, torch.rand(100, generator=torch.Generator().manual_seed(0)))  # its own stream
 
 
-@pytest.mark.parametrize("paths", [cases.NMS_FORBIDDEN], ids=["nms"])
+@pytest.mark.parametrize("paths", [cases.NMS_FORBIDDEN, cases.MAP_FORBIDDEN], ids=["nms", "mean_average_precision"])
 def test_forbidden_lists_name_existing_functions_and_block_them(paths):
     # a library upgrade that renames one of them must show here, not as a guard that blocks nothing
     from utils.testing import ForbiddenFunctionError, _resolve, forbid

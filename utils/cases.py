@@ -25,6 +25,7 @@ __all__ = [
     "random_boxes",
     "random_scores",
     "clustered_boxes",
+    "MAP_FORBIDDEN",
     "random_targets",
     "simulate_detections",
     "make_scores_distinct",
@@ -113,6 +114,33 @@ def clustered_boxes(
 
 
 # ----------------------------------------------------------------------------- mean_average_precision
+# What the mean_average_precision assignment's functions may not call, blocked while the student's code runs: by the
+# notebook's tests (utils.testing.forbid) and by the grader (grading/hidden/mean_average_precision.py), one list for
+# both. pycocotools' methods first (blocking them also stops a COCOeval imported under another name), then its
+# classes, the course's own bridge to pycocotools (utils.detection) and the sklearn shortcuts.
+MAP_FORBIDDEN: tuple[str, ...] = (
+    "pycocotools.cocoeval.COCOeval.evaluate",
+    "pycocotools.cocoeval.COCOeval.accumulate",
+    "pycocotools.cocoeval.COCOeval.evaluateImg",
+    "pycocotools.cocoeval.COCOeval.computeIoU",
+    "pycocotools.cocoeval.COCOeval.summarize",
+    "pycocotools.cocoeval.COCOeval.__init__",
+    "pycocotools.cocoeval.COCOeval",
+    "pycocotools.coco.COCO.__init__",
+    "pycocotools.coco.COCO.loadRes",
+    "pycocotools.coco.COCO.createIndex",
+    "pycocotools.coco.COCO",
+    "pycocotools.mask.iou",
+    "utils.detection.coco_evaluate",
+    "utils.detection.coco_matches",
+    "sklearn.metrics.average_precision_score",
+    "sklearn.metrics.precision_recall_curve",
+    "sklearn.metrics.auc",
+    "utils.detection.coco_precision_recall",
+    "utils.detection.coco_average_precision",
+)
+
+
 def random_targets(
     num_images: int,
     num_classes: int = 3,
