@@ -69,6 +69,29 @@ def test_boxes_are_well_formed():
     assert not torch.equal(scores, torch.rand(100, generator=torch.Generator().manual_seed(0)))  # its own stream
 
 
+@pytest.mark.parametrize("paths", [cases.NMS_FORBIDDEN, cases.MAP_FORBIDDEN], ids=["nms", "mean_average_precision"])
+def test_forbidden_lists_name_existing_functions_and_block_them(paths):
+    # a library upgrade that renames one of them must show here, not as a guard that blocks nothing
+    from utils.testing import ForbiddenFunctionError, _resolve, forbid
+
+    assert len(set(paths)) == len(paths)
+    for path in paths:
+        owner, attr = _resolve(path)
+        assert callable(getattr(owner, attr)), path
+    box = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+    blocked = {
+        "torchvision.ops.nms": lambda: torchvision.ops.nms(box, torch.ones(1), 0.5),
+        "torch.ops.torchvision.nms": lambda: torch.ops.torchvision.nms(box, torch.ones(1), 0.5),
+        "utils.detection.coco_matches": lambda: utils.detection.coco_matches(box, torch.ones(1), box, 0.5),
+    }
+    with forbid(*paths):
+        for path, call in blocked.items():
+            if path in paths:
+                with pytest.raises(ForbiddenFunctionError):
+                    call()
+    assert torchvision.ops.nms(box, torch.ones(1), 0.5).tolist() == [0]  # restored
+
+
 def test_targets_and_detections():
     targets = cases.random_targets(30, num_classes=4, seed=1, max_objects=5, empty_fraction=0.3)
     counts = [len(t["boxes"]) for t in targets]

@@ -372,6 +372,27 @@ def test_plot_helpers_draw_on_the_given_axes_and_return_it():
     plt.close("all")
 
 
+def test_draw_detections_draws_ground_truth_dashed_and_confident_detections_captioned():
+    image, target = utils.ShapesDataset(1, max_objects=3)[0]
+    num_gt = len(target["boxes"])
+    detections = {
+        "boxes": torch.tensor([[2.0, 2.0, 20.0, 20.0], [5.0, 5.0, 30.0, 25.0], [1.0, 1.0, 9.0, 9.0]]),
+        "scores": torch.tensor([0.9, 0.5, 0.2]),  # 0.5 is not above the threshold 0.5
+        "labels": torch.tensor([1, 2, 3]),
+    }
+    fig, ax = plt.subplots()
+    assert plot.draw_detections(image, target, detections, ax=ax, title="image 0") is ax
+    assert len(ax.images) == 1 and ax.get_title() == "image 0"
+    assert [p.get_linestyle() for p in ax.patches] == ["--"] * num_gt + ["-"]
+    assert [t.get_text() for t in ax.texts] == ["circle 0.90"]  # only the detection with score > 0.5
+    assert matplotlib.colors.same_color(ax.patches[0].get_edgecolor(), "white")
+    # a lower threshold, no class names, no image: on a new Axes
+    ax = plot.draw_detections(None, target, detections, score_threshold=0.1, class_names=None)
+    assert len(ax.images) == 0 and len(ax.patches) == num_gt + 3
+    assert [t.get_text() for t in ax.texts] == ["1 0.90", "2 0.50", "3 0.20"]
+    plt.close("all")
+
+
 def test_interactive_or_static_calls_once_when_headless(monkeypatch):
     import ipywidgets
 

@@ -21,9 +21,11 @@ from .convmath import conv_output_size
 
 __all__ = [
     "random_conv_case",
+    "NMS_FORBIDDEN",
     "random_boxes",
     "random_scores",
     "clustered_boxes",
+    "MAP_FORBIDDEN",
     "random_targets",
     "simulate_detections",
     "make_scores_distinct",
@@ -61,6 +63,27 @@ def random_conv_case(
 
 
 # ----------------------------------------------------------------------------- nms
+# The library functions the nms assignment re-implements, blocked while the student's code runs: by the notebook's
+# tests (utils.testing.forbid) and by the grader (grading/hidden/nms.py), one list for both. The public functions,
+# the private helpers they are built from, and the NMS operator as Python reaches it (the grader blocks that
+# operator by its dispatcher name, torchvision::nms, however it is reached).
+NMS_FORBIDDEN: tuple[str, ...] = (
+    "torchvision.ops.box_area",
+    "torchvision.ops.box_iou",
+    "torchvision.ops.box_convert",
+    "torchvision.ops.nms",
+    "torchvision.ops.batched_nms",
+    "torchvision.ops.boxes._box_inter_union",
+    "torchvision.ops.boxes._batched_nms_coordinate_trick",
+    "torchvision.ops.boxes._batched_nms_vanilla",
+    "torchvision.ops._box_convert._box_xyxy_to_xywh",
+    "torchvision.ops._box_convert._box_xywh_to_xyxy",
+    "torchvision.ops._box_convert._box_xyxy_to_cxcywh",
+    "torchvision.ops._box_convert._box_cxcywh_to_xyxy",
+    "torch.ops.torchvision.nms",
+)
+
+
 def random_boxes(
     n: int, seed: int, dtype: torch.dtype = torch.float32, canvas: float = 100.0, max_size: float = 40.0
 ) -> Tensor:
@@ -92,6 +115,33 @@ def clustered_boxes(
 
 
 # ----------------------------------------------------------------------------- mean_average_precision
+# What the mean_average_precision assignment's functions may not call, blocked while the student's code runs: by the
+# notebook's tests (utils.testing.forbid) and by the grader (grading/hidden/mean_average_precision.py), one list for
+# both. pycocotools' methods first (blocking them also stops a COCOeval imported under another name), then its
+# classes, the course's own bridge to pycocotools (utils.detection) and the sklearn shortcuts.
+MAP_FORBIDDEN: tuple[str, ...] = (
+    "pycocotools.cocoeval.COCOeval.evaluate",
+    "pycocotools.cocoeval.COCOeval.accumulate",
+    "pycocotools.cocoeval.COCOeval.evaluateImg",
+    "pycocotools.cocoeval.COCOeval.computeIoU",
+    "pycocotools.cocoeval.COCOeval.summarize",
+    "pycocotools.cocoeval.COCOeval.__init__",
+    "pycocotools.cocoeval.COCOeval",
+    "pycocotools.coco.COCO.__init__",
+    "pycocotools.coco.COCO.loadRes",
+    "pycocotools.coco.COCO.createIndex",
+    "pycocotools.coco.COCO",
+    "pycocotools.mask.iou",
+    "utils.detection.coco_evaluate",
+    "utils.detection.coco_matches",
+    "sklearn.metrics.average_precision_score",
+    "sklearn.metrics.precision_recall_curve",
+    "sklearn.metrics.auc",
+    "utils.detection.coco_precision_recall",
+    "utils.detection.coco_average_precision",
+)
+
+
 def random_targets(
     num_images: int,
     num_classes: int = 3,

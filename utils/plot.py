@@ -8,7 +8,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["show_images", "plot_history", "draw_boxes", "plot_layer_stats", "record_layer_stats", "plot_layer_log_hist"]
+from .data import SHAPE_CLASSES
+
+__all__ = [
+    "show_images",
+    "plot_history",
+    "draw_boxes",
+    "draw_detections",
+    "plot_layer_stats",
+    "record_layer_stats",
+    "plot_layer_log_hist",
+]
 
 
 def _axes(ax, figsize=(6, 4)):
@@ -147,6 +157,40 @@ def draw_boxes(
     if title:
         ax.set_title(title)
     return ax
+
+
+def draw_detections(
+    image: Tensor | None,
+    target: dict[str, Tensor],
+    detections: dict[str, Tensor],
+    score_threshold: float = 0.5,
+    ax=None,
+    title: str | None = None,
+    class_names: Sequence[str] | None = SHAPE_CLASSES,
+):
+    """One image's ground truth and the detections scoring above ``score_threshold``, with :func:`draw_boxes`.
+
+    Args:
+        image: ``Tensor[C, H, W]``, or None to draw on ``ax`` as it is.
+        target: ``{"boxes": Tensor[M, 4]}`` (x1, y1, x2, y2 pixels), drawn dashed white, without captions.
+        detections: ``{"boxes": Tensor[N, 4], "scores": Tensor[N], "labels": Tensor[N] int64}``; those with
+            score > ``score_threshold`` are drawn solid, one colour per class, captioned with class name and score.
+        class_names: the captions' names of the labels (default :data:`utils.SHAPE_CLASSES`); None: the labels.
+
+    Returns:
+        the Axes (a new one when ``ax`` is None).
+    """
+    ax = draw_boxes(image, target["boxes"], ax=ax, colors=["white"], linestyle="--")
+    shown = torch.as_tensor(detections["scores"]) > score_threshold  # Tensor[N] bool
+    return draw_boxes(
+        None,
+        torch.as_tensor(detections["boxes"])[shown],
+        torch.as_tensor(detections["labels"])[shown],
+        torch.as_tensor(detections["scores"])[shown],
+        class_names=class_names,
+        ax=ax,
+        title=title,
+    )
 
 
 def record_layer_stats(

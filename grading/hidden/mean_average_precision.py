@@ -31,28 +31,16 @@ import torchvision
 from torch import Tensor
 
 from grading.trusted import ForbiddenUse, Student, StudentError, grades
-from utils.cases import make_scores_distinct, random_targets, simulate_detections
+from utils.cases import MAP_FORBIDDEN, make_scores_distinct, random_targets, simulate_detections
 from utils.detection import coco_evaluate, coco_matches
 from utils.testing import assert_close  # names the failing case, reports expected vs got
 
 Preds = list[dict[str, Tensor]]
 Targets = list[dict[str, Tensor]]
 
-# the notebook's FORBIDDEN, for every call of a student's function: the methods first (they also stop a
-# COCOeval imported under another name), then the classes' constructors, the course's own bridge to
-# pycocotools and the sklearn shortcuts
-FORBIDDEN_LIBRARY = (
-    [
-        f"pycocotools.cocoeval.COCOeval.{method}"
-        for method in ("evaluate", "accumulate", "evaluateImg", "computeIoU", "summarize", "__init__")
-    ]
-    + ["pycocotools.cocoeval.COCOeval"]
-    + [f"pycocotools.coco.COCO.{method}" for method in ("__init__", "loadRes", "createIndex")]
-    + ["pycocotools.coco.COCO", "pycocotools.mask.iou", "utils.detection.coco_evaluate", "utils.detection.coco_matches"]
-    + [f"sklearn.metrics.{function}" for function in ("average_precision_score", "precision_recall_curve", "auc")]
-)
-FORBIDDEN_LIBRARY += ["utils.detection.coco_precision_recall", "utils.detection.coco_average_precision"]
-FORBID = dict(python=FORBIDDEN_LIBRARY)
+# blocked in every call of a student's function: utils.cases.MAP_FORBIDDEN, the list the notebook's tests block too
+# (pycocotools' methods and classes, the course's own bridge to pycocotools, the sklearn shortcuts)
+FORBID = dict(python=list(MAP_FORBIDDEN))
 
 # One bug, one function's points: the tests of mean_average_precision run it on the pycocotools-based steps
 # of utils.detection (public: the course ships them) instead of the student's three functions above.

@@ -26,28 +26,16 @@ import torchvision
 from torch import Tensor
 
 from grading.trusted import KernelFailure, Student, grades
-from utils.cases import clustered_boxes, random_boxes, random_scores
+from utils.cases import NMS_FORBIDDEN, clustered_boxes, random_boxes, random_scores
 from utils.testing import assert_close
 
-# The library functions the assignment re-implements, blocked in every call of the student's code:
-# the NMS operator however it is reached (torchvision.ops.nms, batched_nms, torch.ops.torchvision.nms,
-# a captured reference), and the Python functions (and the private helpers they are built from).
+# The library functions the assignment re-implements (utils.cases.NMS_FORBIDDEN, the list the notebook's tests
+# block too), blocked in every call of the student's code: the Python functions and the private helpers they are
+# built from, and the NMS operator however it is reached (torch.ops.torchvision.nms, batched_nms, a captured
+# reference) by its dispatcher name.
 FORBID = dict(
     ops=["torchvision::nms"],
-    python=[
-        "torchvision.ops.box_area",
-        "torchvision.ops.box_iou",
-        "torchvision.ops.box_convert",
-        "torchvision.ops.nms",
-        "torchvision.ops.batched_nms",
-        "torchvision.ops.boxes._box_inter_union",
-        "torchvision.ops.boxes._batched_nms_coordinate_trick",
-        "torchvision.ops.boxes._batched_nms_vanilla",
-        "torchvision.ops._box_convert._box_xyxy_to_xywh",
-        "torchvision.ops._box_convert._box_xywh_to_xyxy",
-        "torchvision.ops._box_convert._box_xyxy_to_cxcywh",
-        "torchvision.ops._box_convert._box_cxcywh_to_xyxy",
-    ],
+    python=[path for path in NMS_FORBIDDEN if not path.startswith("torch.ops.")],
 )
 
 INT64_EMPTY = torch.zeros(0, dtype=torch.int64)
@@ -538,18 +526,56 @@ def test_soft_nms(student: Student) -> None:
 
 
 def _soft_nms_cases(student: Student) -> None:
+    # two clusters of float32 boxes, worked by hand (the notebook's visible case is another scene). IoUs:
+    # (0, 1) = 64/136 = 8/17, (1, 2) = 56/144 = 7/18, (0, 2) = 50/150 = 1/3, (3, 4) = 50/100 = 1/2, 0 across
+    scene = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],
+            [2.0, 2.0, 12.0, 12.0],
+            [5.0, 0.0, 15.0, 10.0],
+            [30.0, 30.0, 40.0, 40.0],
+            [30.0, 30.0, 40.0, 35.0],
+        ]
+    )
+    values = [0.6, 0.95, 0.7, 0.5, 0.55]
+    scene_scores = torch.tensor(values)  # float32 (the setup check below runs in float64)
+    # Gaussian, sigma 0.3, w(u) = exp(-u^2 / 0.3) (iou_threshold 0.45 must not matter):
+    #   keep 1 (0.95): box 0 -> 0.6 w(8/17) = 0.287, box 2 -> 0.7 w(7/18) = 0.423
+    #   keep 4 (0.55): box 3 -> 0.5 w(1/2) = 0.217
+    #   keep 2 (0.423): box 0 -> 0.6 w(8/17) w(1/3) = 0.198; then keep 3 (0.217), then 0 (0.198)
+    gaussian = [
+        0.95,
+        0.55,
+        0.7 * math.exp(-((7 / 18) ** 2) / 0.3),
+        0.5 * math.exp(-((1 / 2) ** 2) / 0.3),
+        0.6 * math.exp(-((8 / 17) ** 2 + (1 / 3) ** 2) / 0.3),
+    ]
+    # linear, N_t = 0.4: 8/17 and 1/2 are above it, 7/18 and 1/3 are not (sigma 0.3 must not matter):
+    #   keep 1 (0.95): box 0 -> 0.6 (1 - 8/17) = 0.318, box 2 keeps 0.7; keep 2 (0.7): box 0 keeps 0.318 (IoU 1/3)
+    #   keep 4 (0.55): box 3 -> 0.5 (1 - 1/2) = 0.25; then keep 0 (0.318), then 3 (0.25)
+    linear = [0.95, 0.7, 0.55, 0.6 * 9 / 17, 0.25]
+    for method, iou_threshold, expected_keep, expected_scores in [
+        ("gaussian", 0.45, [1, 4, 2, 3, 0], gaussian),
+        ("linear", 0.4, [1, 2, 4, 0, 3], linear),
+    ]:
+        name = f"soft_nms {method}, iou_threshold {iou_threshold}, sigma 0.3, two clusters of five boxes"
+        # setup check: the numbers worked by hand are the plain-Python reference's (in float64)
+        ref_keep, ref_scores = soft_nms_reference(
+            scene.double(), torch.tensor(values, dtype=torch.float64), iou_threshold, 0.3, 0.001, method
+        )
+        if ref_keep.tolist() != expected_keep or not torch.allclose(
+            ref_scores, torch.tensor(expected_scores, dtype=torch.float64), rtol=1e-9, atol=0
+        ):
+            raise RuntimeError(f"test setup: {name}: the hand-worked numbers disagree with soft_nms_reference")
+        keep, new_scores = _soft_nms(
+            student, name, scene, scene_scores, iou_threshold=iou_threshold, sigma=0.3, method=method
+        )
+        assert_close(f"{name}: keep", keep, torch.tensor(expected_keep))
+        assert_close(f"{name}: new_scores", new_scores, torch.tensor(expected_scores), rtol=1e-6)
+    # the notebook's three boxes (IoU(0, 1) = 1/3, box 2 apart) under other parameters
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
     scores = torch.tensor([0.9, 0.8, 0.7])
-    # box 0 first; box 1 overlaps it with IoU 1/3 and decays to 0.8 exp(-(1/3)^2 / 0.5) = 0.64; box 2 keeps 0.7
-    keep, new_scores = _soft_nms(student, "soft_nms gaussian, three boxes", boxes, scores, sigma=0.5, method="gaussian")
-    assert_close("soft_nms gaussian, three boxes: keep", keep, torch.tensor([0, 2, 1]))
-    assert_close(
-        "soft_nms gaussian, three boxes: new_scores",
-        new_scores,
-        torch.tensor([0.9, 0.7, 0.8 * math.exp(-((1 / 3) ** 2) / 0.5)]),
-        rtol=1e-6,
-    )
-    # the linear method on the same boxes: IoU 1/3 is above N_t = 0.3 (decay by 2/3) but not above 0.5
+    # the linear method: IoU 1/3 is above N_t = 0.3 (decay by 2/3) but not above 0.5
     keep, new_scores = _soft_nms(
         student, "soft_nms linear N_t = 0.3", boxes, scores, iou_threshold=0.3, method="linear"
     )
