@@ -592,3 +592,11 @@ def test_interactive_or_static_fixes_defaults_and_plain_values_in_jupyterlab(mon
         c for c in widget.children if isinstance(c, ipywidgets.ValueWidget) and not isinstance(c, ipywidgets.Output)
     ]
     assert len(sliders) == 1, f"only the stride gets a control, got {sliders}"
+
+
+def test_flops_by_module_splits_the_total_over_the_named_modules():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.ReLU(), nn.Conv2d(4, 2, 1)))
+    flops = train.flops_by_module(model, (1, 3, 8, 8))
+    conv1, conv2 = 2 * 4 * 3 * 9 * 6 * 6, 2 * 2 * 4 * 6 * 6
+    assert flops == {"": conv1 + conv2, "0": conv1, "1": conv2, "1.1": conv2}, flops
+    assert flops[""] == utils.count_flops(model, (1, 3, 8, 8)) and model.training

@@ -1,4 +1,5 @@
-"""Seeding, devices, a small training loop with progress bars, and model accounting."""
+"""Seeding, devices, a small training loop with progress bars, a mini-batch loop with a custom loss, and model
+accounting."""
 
 from __future__ import annotations
 
@@ -12,7 +13,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["set_seed", "get_device", "History", "fit", "evaluate", "count_parameters", "count_flops"]
+__all__ = [
+    "set_seed",
+    "get_device",
+    "History",
+    "fit",
+    "train_minibatches",
+    "evaluate",
+    "count_parameters",
+    "count_flops",
+    "flops_by_module",
+]
 
 
 def set_seed(seed: int = 0, deterministic: bool = True) -> None:
@@ -174,6 +185,64 @@ def fit(
     return history
 
 
+def train_minibatches(
+    model: nn.Module,
+    n: int,
+    batch_loss: Callable[[Tensor], Tensor],
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    clip_grad_norm: float | None = None,
+) -> list[float]:
+    """Train on shuffled mini-batches of the indices ``0 .. n-1`` with a loss the caller computes per batch.
+
+    For training data that is not ``(inputs, targets)`` batches (lists of target dicts, random flips of
+    precomputed features, triplets mined inside the batch), where :func:`fit` does not apply. Each epoch:
+    ``model.train()``, then for each ``idx`` of ``torch.randperm(n, generator=generator).split(batch_size)``:
+    ``loss = batch_loss(idx)``, ``optimizer.zero_grad()``, ``loss.backward()``, clip the gradient norm to
+    ``clip_grad_norm`` if given, ``optimizer.step()``, then ``scheduler.step()`` if given (once per step, e.g. a
+    ``OneCycleLR`` over ``epochs * ceil(n / batch_size)`` steps).
+
+    The epoch's permutation is drawn from ``generator`` before the epoch's first batch, and ``batch_loss`` may
+    draw from the same generator (random flips, sampled triplets): the random numbers are consumed in the order
+    of the loop written out, so a run is reproduced exactly from the generator's seed.
+
+    Args:
+        model: the network being trained (put in training mode, and the parameters whose gradient is clipped).
+        n: the number of training examples.
+        batch_loss: ``batch_loss(idx) -> scalar Tensor``, the loss of the examples ``idx`` (``Tensor[B]``, int64,
+            on the CPU; ``B = batch_size`` except in the last batch of an epoch).
+        optimizer: any ``torch.optim`` optimizer over the model's parameters.
+        epochs: number of passes over the ``n`` examples.
+        batch_size: examples per step.
+        generator: the CPU ``torch.Generator`` of the permutations.
+        scheduler: optional LR scheduler, stepped after every optimizer step.
+        clip_grad_norm: optional ``max_norm`` of ``torch.nn.utils.clip_grad_norm_`` before every step.
+
+    Returns:
+        the mean training loss of each epoch, weighted by batch size (``sum(loss * B / n)``, so a short last
+        batch counts for its size).
+    """
+    history = []
+    for _epoch in range(epochs):
+        model.train()
+        total = 0.0
+        for idx in torch.randperm(n, generator=generator).split(batch_size):
+            loss = batch_loss(idx)
+            optimizer.zero_grad()
+            loss.backward()
+            if clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), max_norm=clip_grad_norm)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += loss.item() * len(idx) / n
+        history.append(total)
+    return history
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters of ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
@@ -189,6 +258,24 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] | Tensor) -> int:
         model: the network, run in eval mode under ``torch.no_grad``.
         input_shape: a full shape including the batch dimension (e.g. ``(1, 3, 224, 224)``) or a tensor.
     """
+    return flops_by_module(model, input_shape)[""]
+
+
+def flops_by_module(model: nn.Module, input_shape: Sequence[int] | Tensor) -> dict[str, int]:
+    """Forward-pass FLOPs of ``model`` and of each sub-module that does any, in one counted forward pass.
+
+    The pass runs in eval mode under ``torch.no_grad`` (the training mode is restored afterwards), so forward
+    hooks registered on the sub-modules beforehand see it too (e.g. to record output shapes).
+
+    Args:
+        model: the network.
+        input_shape: a full shape including the batch dimension (e.g. ``(1, 3, 224, 224)``) or a tensor.
+
+    Returns:
+        ``{name: FLOPs}`` keyed by the names of ``model.named_modules()``: ``""`` is the whole model (always
+        present, the number :func:`count_flops` returns), ``"layer1.0.conv1"`` a sub-module's own calls
+        including its children's; a sub-module that does no counted operation is absent.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     device = next(iter(model.parameters()), torch.empty(0)).device
@@ -200,4 +287,11 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] | Tensor) -> int:
             model(x)
     finally:
         model.train(was_training)
-    return int(counter.get_total_flops())
+    root = type(model).__name__  # the counter names modules "<root class>.<name in named_modules()>"
+    flops = {
+        key[len(root) + 1 :]: sum(ops.values())
+        for key, ops in counter.get_flop_counts().items()
+        if key.startswith(f"{root}.")
+    }
+    flops[""] = int(counter.get_total_flops())
+    return flops
