@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_convert, box_iou
 
 from utils.data import SHAPE_CLASSES
+from utils.train import train_minibatches
 
 __all__ = [
     "IMAGE_SIZE",
@@ -275,27 +276,26 @@ def train_one_stage(
     steps = epochs * math.ceil(n / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    parts: list[tuple[float, float]] = []  # each step's (focal, smooth L1) share of its epoch's mean
+
+    def batch_loss(idx: Tensor) -> Tensor:
+        mirrored = ((torch.rand(len(idx), generator=generator) < 0.5) & flip).to(device)  # [B]
+        x = images[idx].to(device)  # [B, 3, H, W]
+        x = torch.where(mirrored[:, None, None, None], x.flip(-1), x)
+        y_labels = torch.where(mirrored[:, None], flip_labels[idx.to(device)], labels[idx.to(device)])  # [B, A]
+        y_deltas = torch.where(mirrored[:, None, None], flip_deltas[idx.to(device)], deltas[idx.to(device)])
+        logits, predicted = model(x)  # [B, A, C], [B, A, 4]
+        cls_loss, box_loss = detection_loss(logits, predicted, y_labels, y_deltas)
+        parts.append((cls_loss.item() * len(idx) / n, box_loss.item() * len(idx) / n))
+        return cls_loss + box_loss
+
+    train_minibatches(model, n, batch_loss, optimizer, epochs, batch_size, generator, scheduler)
+    steps_per_epoch = math.ceil(n / batch_size)
     history: dict[str, list[float]] = {"classification (focal)": [], "box (smooth L1)": []}
-    for _epoch in range(epochs):
-        model.train()
+    for epoch in range(epochs):
         totals = [0.0, 0.0]
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            mirrored = ((torch.rand(len(idx), generator=generator) < 0.5) & flip).to(device)
-            x = images[idx].to(device)
-            x = torch.where(mirrored[:, None, None, None], x.flip(-1), x)
-            y_labels = torch.where(mirrored[:, None], flip_labels[idx.to(device)], labels[idx.to(device)])
-            y_deltas = torch.where(mirrored[:, None, None], flip_deltas[idx.to(device)], deltas[idx.to(device)])
-            logits, predicted = model(x)
-            cls_loss, box_loss = detection_loss(logits, predicted, y_labels, y_deltas)
-            loss = cls_loss + box_loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            totals[0] += cls_loss.item() * len(idx) / n
-            totals[1] += box_loss.item() * len(idx) / n
+        for step in parts[epoch * steps_per_epoch : (epoch + 1) * steps_per_epoch]:
+            totals = [total + part for total, part in zip(totals, step)]
         for key, value in zip(history, totals):
             history[key].append(value)
     return history
