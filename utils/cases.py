@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from .convmath import conv_output_size
 
 __all__ = [
+    "CONV_BACKPROP_FORBIDDEN",
+    "CONV_BACKPROP_AUTOGRAD",
     "random_conv_case",
     "NMS_FORBIDDEN",
     "random_boxes",
@@ -41,6 +43,40 @@ Targets = list[dict[str, Tensor]]  # per image: "boxes" Tensor[M, 4] xyxy, "labe
 
 
 # ----------------------------------------------------------------------------- conv_backprop
+#: The library versions of what the ``conv_backprop`` assignment's graded functions implement, by Python path:
+#: blocked while the notebook's visible tests run the student's code, and refused in every graded call by the
+#: grader (``grading/hidden/conv_backprop.py``, which also refuses the operators behind them however they
+#: are reached). ``Tensor.unfold`` stays allowed.
+CONV_BACKPROP_FORBIDDEN: tuple[str, ...] = (
+    "torch.nn.functional.conv1d",
+    "torch.nn.functional.conv2d",
+    "torch.nn.functional.conv3d",
+    "torch.nn.functional.conv_transpose2d",
+    "torch.convolution",
+    "torch.nn.functional.unfold",
+    "torch.nn.functional.fold",
+    "torch.nn.functional.max_pool2d",
+    "torch.nn.functional.max_pool2d_with_indices",
+    "torch.max_pool2d",
+    "torch.nn.grad.conv2d_input",
+    "torch.nn.grad.conv2d_weight",
+    "torch.nn.Conv2d",
+    "torch.nn.ConvTranspose2d",
+    "torch.nn.MaxPool2d",
+    "torch.nn.Unfold",
+    "torch.nn.Fold",
+)
+#: The public autograd entry points, blocked in ``conv_backprop``'s hand-written backward passes (the notebook's
+#: tests and the grader alike; the grader also refuses autograd itself inside them).
+CONV_BACKPROP_AUTOGRAD: tuple[str, ...] = (
+    "torch.autograd.grad",
+    "torch.autograd.backward",
+    "torch.Tensor.backward",
+    "torch.func.vjp",
+    "torch.func.grad",
+)
+
+
 def random_conv_case(
     x_shape: Sequence[int],
     w_shape: Sequence[int],
