@@ -31,6 +31,7 @@ __all__ = [
     "random_targets",
     "simulate_detections",
     "make_scores_distinct",
+    "RESNET_BLOCKS_FORBIDDEN",
     "randomise_batchnorm_",
     "BATCHNORM_FORBIDDEN",
     "batchnorm2d_reference",
@@ -279,6 +280,25 @@ def make_scores_distinct(preds: Detections) -> Detections:
 
 
 # ----------------------------------------------------------------------------- resnet_blocks
+# torchvision's ResNet code, which the resnet_blocks assignment has the student write, blocked while the student's
+# code runs: by the notebook's tests (utils.testing.forbid) and by the grader (grading/hidden/resnet_blocks.py, in
+# every call, except the torchvision stand-ins a test puts in place of the student's upstream classes), one list
+# for both.
+RESNET_BLOCKS_FORBIDDEN: tuple[str, ...] = (
+    "torchvision.models.resnet.conv3x3",
+    "torchvision.models.resnet.conv1x1",
+    "torchvision.models.resnet.BasicBlock",
+    "torchvision.models.resnet.Bottleneck",
+    "torchvision.models.resnet.ResNet",
+    "torchvision.models.resnet.resnet18",
+    "torchvision.models.resnet.resnet34",
+    "torchvision.models.resnet.resnet50",
+    "torchvision.models.resnet18",
+    "torchvision.models.resnet34",
+    "torchvision.models.resnet50",
+)
+
+
 def randomise_batchnorm_(model: nn.Module, seed: int) -> nn.Module:
     """Random statistics and affine parameters for every ``nn.BatchNorm2d`` of ``model`` (in place), so that
     every BN matters in a comparison: weight in [0.5, 1.5), bias and running mean N(0, 0.2²), running variance
