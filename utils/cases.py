@@ -23,6 +23,8 @@ __all__ = [
     "CONV_BACKPROP_FORBIDDEN",
     "CONV_BACKPROP_AUTOGRAD",
     "random_conv_case",
+    "random_pool_case",
+    "random_transpose_case",
     "NMS_FORBIDDEN",
     "random_boxes",
     "random_scores",
@@ -97,6 +99,31 @@ def random_conv_case(
     w_out = conv_output_size(x_shape[3], w_shape[3], stride, padding)
     dout = torch.randn((x_shape[0], w_shape[0], h_out, w_out), generator=g, dtype=dtype)
     return x, w, b, dout
+
+
+def random_pool_case(
+    x_shape: Sequence[int], kernel_size: int, stride: int, dtype: torch.dtype = torch.float64, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """A max pooling's inputs (square windows, no padding): x Tensor[N, C, H, W] and an upstream gradient
+    Tensor[N, C, H', W'] of the output's shape, drawn in this order from one generator seeded with ``seed``
+    (H' and W' from :func:`utils.conv_output_size`)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tuple(x_shape), generator=g, dtype=dtype)
+    h_out = conv_output_size(x_shape[2], kernel_size, stride, 0)
+    w_out = conv_output_size(x_shape[3], kernel_size, stride, 0)
+    dout = torch.randn((x_shape[0], x_shape[1], h_out, w_out), generator=g, dtype=dtype)
+    return x, dout
+
+
+def random_transpose_case(
+    x_shape: Sequence[int], w_shape: Sequence[int], dtype: torch.dtype = torch.float64, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """A transposed convolution's inputs: x Tensor[N, C_in, H, W] and w Tensor[C_in, C_out, KH, KW] (the layout of
+    ``F.conv_transpose2d``), drawn in this order from one generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tuple(x_shape), generator=g, dtype=dtype)
+    w = torch.randn(tuple(w_shape), generator=g, dtype=dtype)
+    return x, w
 
 
 # ----------------------------------------------------------------------------- nms

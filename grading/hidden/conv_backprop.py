@@ -3,9 +3,9 @@
 Every function below is the verdict of one test cell of ``solutions/conv_backprop/conv_backprop.ipynb``. It
 re-checks the cell's visible cases and the cases that used to be the cell's hidden region, and computes
 every input and every expected value here, in the grader's process: inputs with the generators and seeds
-of the notebook's ``random_conv_case`` (:func:`utils.cases.random_conv_case`, the same function) /
-``check_maxpool`` / ``check_transpose`` (re-implemented below),
-expected values with ``F.conv2d``, ``F.max_pool2d``, ``F.conv_transpose2d``, torch's autograd,
+of the notebook's tests (:func:`utils.cases.random_conv_case`, :func:`~utils.cases.random_pool_case` and
+:func:`~utils.cases.random_transpose_case`, the same functions), expected values with ``F.conv2d``,
+``F.max_pool2d``, ``F.conv_transpose2d``, torch's autograd,
 ``torch.autograd.gradcheck`` and ``utils.conv_cost``. The student's kernel only runs the student's
 functions (through the :class:`~grading.trusted.Student` proxy and fixed probes that drive them) and
 hands back their results as data.
@@ -48,7 +48,13 @@ from torch import Tensor
 import utils
 from grading.hidden import _substitutes as sub
 from grading.trusted import ForbiddenUse, KernelFailure, Remote, Student, StudentError, grades
-from utils.cases import CONV_BACKPROP_AUTOGRAD, CONV_BACKPROP_FORBIDDEN, random_conv_case
+from utils.cases import (
+    CONV_BACKPROP_AUTOGRAD,
+    CONV_BACKPROP_FORBIDDEN,
+    random_conv_case,
+    random_pool_case,
+    random_transpose_case,
+)
 from utils.testing import assert_close  # names the case, expected vs got at the worst element
 
 # Library functions a graded function may not call, by Python path (utils.cases holds the one list, which the
@@ -374,11 +380,9 @@ def check_maxpool(student: Student, name: str, cases: Sequence[Any], backward: b
     where the student's own forward is right or the backward is right anyway, as in :func:`check_conv`."""
     judged = 0
     for x_shape, k, s, *flags in cases:
-        g = torch.Generator().manual_seed(1)
-        x = torch.randn(x_shape, generator=g, dtype=torch.float64)
+        x, dout = random_pool_case(x_shape, k, s, seed=1)
         x_ref = x.clone().requires_grad_(True)
         expected = F.max_pool2d(x_ref, k, s)
-        dout = torch.randn(expected.shape, generator=g, dtype=torch.float64)
         (dx_expected,) = torch.autograd.grad(expected, x_ref, dout)
         contiguous = "non-contiguous" not in flags
         x = _as_layout(x, contiguous)
@@ -423,10 +427,7 @@ def check_transpose(student: Student, cases: Sequence[ConvCase]) -> None:
     recipe asks for, so a bug there costs its own cell; any other call goes to the student's own."""
     prepared = []
     for x_shape, w_shape, stride, padding in cases:
-        g = torch.Generator().manual_seed(2)
-        x = torch.randn(x_shape, generator=g, dtype=torch.float64)
-        w = torch.randn(w_shape, generator=g, dtype=torch.float64)
-        prepared.append((x, w, stride, padding))
+        prepared.append((*random_transpose_case(x_shape, w_shape, seed=2), stride, padding))
     step4 = []
     for x, w, stride, padding in prepared:
         z, w_conv = _transpose_step4_input(x, w, stride, padding)
