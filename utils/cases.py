@@ -46,10 +46,9 @@ Targets = list[dict[str, Tensor]]  # per image: "boxes" Tensor[M, 4] xyxy, "labe
 
 
 # ----------------------------------------------------------------------------- conv_backprop
-#: The library versions of what the ``conv_backprop`` assignment's graded functions implement, by Python path:
-#: blocked while the notebook's visible tests run the student's code, and refused in every graded call by the
-#: grader (``grading/hidden/conv_backprop.py``, which also refuses the operators behind them however they
-#: are reached). ``Tensor.unfold`` stays allowed.
+# The library versions of what the conv_backprop assignment's functions implement, blocked while the student's code
+# runs: by the notebook's tests (utils.testing.forbid) and by the grader (grading/hidden/conv_backprop.py, which also
+# refuses the operators behind them however they are reached), one list for both. Tensor.unfold stays allowed.
 CONV_BACKPROP_FORBIDDEN: tuple[str, ...] = (
     "torch.nn.functional.conv1d",
     "torch.nn.functional.conv2d",
@@ -69,8 +68,8 @@ CONV_BACKPROP_FORBIDDEN: tuple[str, ...] = (
     "torch.nn.Unfold",
     "torch.nn.Fold",
 )
-#: The public autograd entry points, blocked in ``conv_backprop``'s hand-written backward passes (the notebook's
-#: tests and the grader alike; the grader also refuses autograd itself inside them).
+# The public autograd entry points, blocked in conv_backprop's hand-written backward passes by the notebook's tests and
+# the grader alike (the grader also refuses any autograd inside them), one list for both.
 CONV_BACKPROP_AUTOGRAD: tuple[str, ...] = (
     "torch.autograd.grad",
     "torch.autograd.backward",
