@@ -20,7 +20,11 @@ from torch import Tensor, nn
 from .convmath import conv_output_size
 
 __all__ = [
+    "CONV_BACKPROP_FORBIDDEN",
+    "CONV_BACKPROP_AUTOGRAD",
     "random_conv_case",
+    "random_pool_case",
+    "random_transpose_case",
     "NMS_FORBIDDEN",
     "random_boxes",
     "random_scores",
@@ -29,6 +33,7 @@ __all__ = [
     "random_targets",
     "simulate_detections",
     "make_scores_distinct",
+    "RESNET_BLOCKS_FORBIDDEN",
     "randomise_batchnorm_",
     "BATCHNORM_FORBIDDEN",
     "batchnorm2d_reference",
@@ -41,6 +46,39 @@ Targets = list[dict[str, Tensor]]  # per image: "boxes" Tensor[M, 4] xyxy, "labe
 
 
 # ----------------------------------------------------------------------------- conv_backprop
+# The library versions of what the conv_backprop assignment's functions implement, blocked while the student's code
+# runs: by the notebook's tests (utils.testing.forbid) and by the grader (grading/hidden/conv_backprop.py, which also
+# refuses the operators behind them however they are reached), one list for both. Tensor.unfold stays allowed.
+CONV_BACKPROP_FORBIDDEN: tuple[str, ...] = (
+    "torch.nn.functional.conv1d",
+    "torch.nn.functional.conv2d",
+    "torch.nn.functional.conv3d",
+    "torch.nn.functional.conv_transpose2d",
+    "torch.convolution",
+    "torch.nn.functional.unfold",
+    "torch.nn.functional.fold",
+    "torch.nn.functional.max_pool2d",
+    "torch.nn.functional.max_pool2d_with_indices",
+    "torch.max_pool2d",
+    "torch.nn.grad.conv2d_input",
+    "torch.nn.grad.conv2d_weight",
+    "torch.nn.Conv2d",
+    "torch.nn.ConvTranspose2d",
+    "torch.nn.MaxPool2d",
+    "torch.nn.Unfold",
+    "torch.nn.Fold",
+)
+# The public autograd entry points, blocked in conv_backprop's hand-written backward passes by the notebook's tests and
+# the grader alike (the grader also refuses any autograd inside them), one list for both.
+CONV_BACKPROP_AUTOGRAD: tuple[str, ...] = (
+    "torch.autograd.grad",
+    "torch.autograd.backward",
+    "torch.Tensor.backward",
+    "torch.func.vjp",
+    "torch.func.grad",
+)
+
+
 def random_conv_case(
     x_shape: Sequence[int],
     w_shape: Sequence[int],
@@ -60,6 +98,31 @@ def random_conv_case(
     w_out = conv_output_size(x_shape[3], w_shape[3], stride, padding)
     dout = torch.randn((x_shape[0], w_shape[0], h_out, w_out), generator=g, dtype=dtype)
     return x, w, b, dout
+
+
+def random_pool_case(
+    x_shape: Sequence[int], kernel_size: int, stride: int, dtype: torch.dtype = torch.float64, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """A max pooling's inputs (square windows, no padding): x Tensor[N, C, H, W] and an upstream gradient
+    Tensor[N, C, H', W'] of the output's shape, drawn in this order from one generator seeded with ``seed``
+    (H' and W' from :func:`utils.conv_output_size`)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tuple(x_shape), generator=g, dtype=dtype)
+    h_out = conv_output_size(x_shape[2], kernel_size, stride, 0)
+    w_out = conv_output_size(x_shape[3], kernel_size, stride, 0)
+    dout = torch.randn((x_shape[0], x_shape[1], h_out, w_out), generator=g, dtype=dtype)
+    return x, dout
+
+
+def random_transpose_case(
+    x_shape: Sequence[int], w_shape: Sequence[int], dtype: torch.dtype = torch.float64, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """A transposed convolution's inputs: x Tensor[N, C_in, H, W] and w Tensor[C_in, C_out, KH, KW] (the layout of
+    ``F.conv_transpose2d``), drawn in this order from one generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tuple(x_shape), generator=g, dtype=dtype)
+    w = torch.randn(tuple(w_shape), generator=g, dtype=dtype)
+    return x, w
 
 
 # ----------------------------------------------------------------------------- nms
@@ -243,6 +306,25 @@ def make_scores_distinct(preds: Detections) -> Detections:
 
 
 # ----------------------------------------------------------------------------- resnet_blocks
+# torchvision's ResNet code, which the resnet_blocks assignment has the student write, blocked while the student's
+# code runs: by the notebook's tests (utils.testing.forbid) and by the grader (grading/hidden/resnet_blocks.py, in
+# every call, except the torchvision stand-ins a test puts in place of the student's upstream classes), one list
+# for both.
+RESNET_BLOCKS_FORBIDDEN: tuple[str, ...] = (
+    "torchvision.models.resnet.conv3x3",
+    "torchvision.models.resnet.conv1x1",
+    "torchvision.models.resnet.BasicBlock",
+    "torchvision.models.resnet.Bottleneck",
+    "torchvision.models.resnet.ResNet",
+    "torchvision.models.resnet.resnet18",
+    "torchvision.models.resnet.resnet34",
+    "torchvision.models.resnet.resnet50",
+    "torchvision.models.resnet18",
+    "torchvision.models.resnet34",
+    "torchvision.models.resnet50",
+)
+
+
 def randomise_batchnorm_(model: nn.Module, seed: int) -> nn.Module:
     """Random statistics and affine parameters for every ``nn.BatchNorm2d`` of ``model`` (in place), so that
     every BN matters in a comparison: weight in [0.5, 1.5), bias and running mean N(0, 0.2²), running variance

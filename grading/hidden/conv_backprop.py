@@ -3,9 +3,9 @@
 Every function below is the verdict of one test cell of ``solutions/conv_backprop/conv_backprop.ipynb``. It
 re-checks the cell's visible cases and the cases that used to be the cell's hidden region, and computes
 every input and every expected value here, in the grader's process: inputs with the generators and seeds
-of the notebook's ``random_conv_case`` (:func:`utils.cases.random_conv_case`, the same function) /
-``check_maxpool`` / ``check_transpose`` (re-implemented below),
-expected values with ``F.conv2d``, ``F.max_pool2d``, ``F.conv_transpose2d``, torch's autograd,
+of the notebook's tests (:func:`utils.cases.random_conv_case`, :func:`~utils.cases.random_pool_case` and
+:func:`~utils.cases.random_transpose_case`, the same functions), expected values with ``F.conv2d``,
+``F.max_pool2d``, ``F.conv_transpose2d``, torch's autograd,
 ``torch.autograd.gradcheck`` and ``utils.conv_cost``. The student's kernel only runs the student's
 functions (through the :class:`~grading.trusted.Student` proxy and fixed probes that drive them) and
 hands back their results as data.
@@ -48,29 +48,18 @@ from torch import Tensor
 import utils
 from grading.hidden import _substitutes as sub
 from grading.trusted import ForbiddenUse, KernelFailure, Remote, Student, StudentError, grades
-from utils.cases import random_conv_case
+from utils.cases import (
+    CONV_BACKPROP_AUTOGRAD,
+    CONV_BACKPROP_FORBIDDEN,
+    random_conv_case,
+    random_pool_case,
+    random_transpose_case,
+)
 from utils.testing import assert_close  # names the case, expected vs got at the worst element
 
-# Library functions a graded function may not call (the notebook's LIBRARY), by Python path ...
-LIBRARY: tuple[str, ...] = (
-    "torch.nn.functional.conv1d",
-    "torch.nn.functional.conv2d",
-    "torch.nn.functional.conv3d",
-    "torch.nn.functional.conv_transpose2d",
-    "torch.convolution",
-    "torch.nn.functional.unfold",
-    "torch.nn.functional.fold",
-    "torch.nn.functional.max_pool2d",
-    "torch.nn.functional.max_pool2d_with_indices",
-    "torch.max_pool2d",
-    "torch.nn.grad.conv2d_input",
-    "torch.nn.grad.conv2d_weight",
-    "torch.nn.Conv2d",
-    "torch.nn.ConvTranspose2d",
-    "torch.nn.MaxPool2d",
-    "torch.nn.Unfold",
-    "torch.nn.Fold",
-)
+# Library functions a graded function may not call, by Python path (utils.cases holds the one list, which the
+# notebook's tests block too) ...
+LIBRARY: tuple[str, ...] = CONV_BACKPROP_FORBIDDEN
 # ... and the operators behind them, however they are reached (torch.ops.aten.*, captured references, ...):
 # every convolution kernel and its backward, im2col/col2im (F.unfold/F.fold) and every max-pooling kernel.
 # Tensor.unfold (aten::unfold) stays allowed, as the notebook says.
@@ -86,14 +75,8 @@ LIBRARY_OPS: tuple[str, ...] = (
     "onednn::*conv*",
     "quantized::*max_pool*",
 )
-# The public autograd entry points (the notebook's AUTOGRAD).
-AUTOGRAD: tuple[str, ...] = (
-    "torch.autograd.grad",
-    "torch.autograd.backward",
-    "torch.Tensor.backward",
-    "torch.func.vjp",
-    "torch.func.grad",
-)
+# The public autograd entry points (utils.cases' list, the notebook's AUTOGRAD).
+AUTOGRAD: tuple[str, ...] = CONV_BACKPROP_AUTOGRAD
 # conv_arithmetic must do its own arithmetic (the notebook's BLOCK).
 ARITHMETIC_HELPERS: tuple[str, ...] = (
     "utils.convmath.conv_cost",
@@ -397,11 +380,9 @@ def check_maxpool(student: Student, name: str, cases: Sequence[Any], backward: b
     where the student's own forward is right or the backward is right anyway, as in :func:`check_conv`."""
     judged = 0
     for x_shape, k, s, *flags in cases:
-        g = torch.Generator().manual_seed(1)
-        x = torch.randn(x_shape, generator=g, dtype=torch.float64)
+        x, dout = random_pool_case(x_shape, k, s, seed=1)
         x_ref = x.clone().requires_grad_(True)
         expected = F.max_pool2d(x_ref, k, s)
-        dout = torch.randn(expected.shape, generator=g, dtype=torch.float64)
         (dx_expected,) = torch.autograd.grad(expected, x_ref, dout)
         contiguous = "non-contiguous" not in flags
         x = _as_layout(x, contiguous)
@@ -446,10 +427,7 @@ def check_transpose(student: Student, cases: Sequence[ConvCase]) -> None:
     recipe asks for, so a bug there costs its own cell; any other call goes to the student's own."""
     prepared = []
     for x_shape, w_shape, stride, padding in cases:
-        g = torch.Generator().manual_seed(2)
-        x = torch.randn(x_shape, generator=g, dtype=torch.float64)
-        w = torch.randn(w_shape, generator=g, dtype=torch.float64)
-        prepared.append((x, w, stride, padding))
+        prepared.append((*random_transpose_case(x_shape, w_shape, seed=2), stride, padding))
     step4 = []
     for x, w, stride, padding in prepared:
         z, w_conv = _transpose_step4_input(x, w, stride, padding)
@@ -576,6 +554,20 @@ def test_conv_arithmetic(student: Student) -> None:
 
 
 VISIBLE_CASES: list[ConvCase] = [((2, 3, 6, 6), (4, 3, 3, 3), 1, 1), ((3, 2, 7, 7), (2, 2, 3, 3), 2, 0)]
+# The hidden cases of the four conv tests (each test's list is built from these, in this order).
+CONV_CASES: list[ConvCase] = [
+    ((1, 2, 9, 6), (3, 2, 2, 4), 3, 2),  # non-square input and kernel, stride 3
+    ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0),  # 1x1 kernel
+    ((1, 1, 4, 5), (2, 1, 3, 3), 1, 3),  # padding 3: outputs that see only zeros
+    ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1),  # the last rows/columns are not covered by any window
+]
+CONV_LARGE_KERNEL: ConvCase = ((1, 4, 11, 10), (5, 4, 5, 3), 3, 3)  # the fast layer's tests
+CONV_STRIDE_OVER_KERNEL: ConvCase = ((3, 2, 5, 5), (2, 2, 2, 2), 3, 1)  # the backward tests: pixels no window sees
+CONV_FLOAT32: ConvCase = ((2, 3, 6, 5), (2, 3, 3, 3), 2, 1, torch.float32)  # keeps the input's dtype
+CONV_NON_CONTIGUOUS: list[ConvCase] = [  # the fast layer's tests (the naive loops index any layout)
+    ((2, 3, 7, 5), (4, 3, 3, 2), 1, 0, torch.float64, "non-contiguous"),
+    ((1, 2, 6, 6), (2, 2, 3, 3), 2, 1, torch.float64, "non-contiguous"),
+]
 
 
 @grades("test_conv2d_forward_naive")
@@ -586,15 +578,8 @@ def test_conv2d_forward_naive(student: Student) -> None:
         "conv2d_forward_naive",
         "conv2d_forward_naive",
         None,
-        VISIBLE_CASES
-        + [
-            ((1, 2, 9, 6), (3, 2, 2, 4), 3, 2),  # non-square input and kernel, stride 3
-            ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0),  # 1x1 kernel
-            ((1, 1, 4, 5), (2, 1, 3, 3), 1, 3),  # padding 3: outputs that see only zeros
-            ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1),  # the last rows/columns are not covered by any window
-            ((2, 3, 6, 5), (2, 3, 3, 3), 2, 1, torch.float32),
-        ],
-    )  # keeps the input's dtype
+        [*VISIBLE_CASES, *CONV_CASES, CONV_FLOAT32],
+    )
 
 
 @grades("test_conv2d_backward_naive")
@@ -605,15 +590,7 @@ def test_conv2d_backward_naive(student: Student) -> None:
         "conv2d_backward_naive",
         "conv2d_forward_naive",
         "conv2d_backward_naive",
-        VISIBLE_CASES
-        + [
-            ((1, 2, 9, 6), (3, 2, 2, 4), 3, 2),
-            ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0),
-            ((1, 1, 4, 5), (2, 1, 3, 3), 1, 3),
-            ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1),
-            ((3, 2, 5, 5), (2, 2, 2, 2), 3, 1),
-            ((2, 3, 6, 5), (2, 3, 3, 3), 2, 1, torch.float32),
-        ],
+        [*VISIBLE_CASES, *CONV_CASES, CONV_STRIDE_OVER_KERNEL, CONV_FLOAT32],
         check_out=False,
     )
 
@@ -628,16 +605,7 @@ def test_conv2d_forward_fast(student: Student) -> None:
         "conv2d_forward_fast",
         "conv2d_forward_fast",
         None,
-        [
-            ((1, 2, 9, 6), (3, 2, 2, 4), 3, 2),
-            ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0),
-            ((1, 1, 4, 5), (2, 1, 3, 3), 1, 3),
-            ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1),
-            ((1, 4, 11, 10), (5, 4, 5, 3), 3, 3),
-            ((2, 3, 6, 5), (2, 3, 3, 3), 2, 1, torch.float32),
-            ((2, 3, 7, 5), (4, 3, 3, 2), 1, 0, torch.float64, "non-contiguous"),
-            ((1, 2, 6, 6), (2, 2, 3, 3), 2, 1, torch.float64, "non-contiguous"),
-        ],
+        [*CONV_CASES, CONV_LARGE_KERNEL, CONV_FLOAT32, *CONV_NON_CONTIGUOUS],
     )
 
 
@@ -653,17 +621,7 @@ def test_conv2d_backward_fast(student: Student) -> None:
         "conv2d_backward_fast",
         "conv2d_forward_fast",
         "conv2d_backward_fast",
-        [
-            ((1, 2, 9, 6), (3, 2, 2, 4), 3, 2),
-            ((2, 3, 5, 7), (4, 3, 1, 1), 2, 0),
-            ((1, 1, 4, 5), (2, 1, 3, 3), 1, 3),
-            ((2, 2, 8, 7), (3, 2, 3, 2), 2, 1),
-            ((1, 4, 11, 10), (5, 4, 5, 3), 3, 3),
-            ((3, 2, 5, 5), (2, 2, 2, 2), 3, 1),
-            ((2, 3, 6, 5), (2, 3, 3, 3), 2, 1, torch.float32),
-            ((2, 3, 7, 5), (4, 3, 3, 2), 1, 0, torch.float64, "non-contiguous"),
-            ((1, 2, 6, 6), (2, 2, 3, 3), 2, 1, torch.float64, "non-contiguous"),
-        ],
+        [*CONV_CASES, CONV_LARGE_KERNEL, CONV_STRIDE_OVER_KERNEL, CONV_FLOAT32, *CONV_NON_CONTIGUOUS],
         check_out=False,
     )
 

@@ -26,23 +26,11 @@ from torch import Tensor, nn
 
 from grading.hidden import _substitutes as sub
 from grading.trusted import ForbiddenUse, Remote, Student, StudentError, grades
-from utils.cases import randomise_batchnorm_
+from utils.cases import RESNET_BLOCKS_FORBIDDEN, randomise_batchnorm_
 from utils.testing import assert_close
 
 TV = torchvision.models.resnet
-FORBIDDEN: tuple[str, ...] = (
-    "torchvision.models.resnet.conv3x3",
-    "torchvision.models.resnet.conv1x1",
-    "torchvision.models.resnet.BasicBlock",
-    "torchvision.models.resnet.Bottleneck",
-    "torchvision.models.resnet.ResNet",
-    "torchvision.models.resnet.resnet18",
-    "torchvision.models.resnet.resnet34",
-    "torchvision.models.resnet.resnet50",
-    "torchvision.models.resnet18",
-    "torchvision.models.resnet34",
-    "torchvision.models.resnet50",
-)
+FORBIDDEN: tuple[str, ...] = RESNET_BLOCKS_FORBIDDEN  # torchvision's ResNet code (the notebook's list too)
 # Refused in every call of every test (see :func:`graded`), except the torchvision code a test injects.
 
 # Stand-ins for the student's upstream code (one bug, one function's points): torchvision's own, under the
@@ -425,20 +413,47 @@ def test_conv_helpers(student: Student) -> None:
         assert_close(f"{label} output on a {shape[2]}x{shape[3]} map", got(x), expected, rtol=1e-6, atol=1e-6)
 
 
-# ----------------------------------------------------------------------------- section 3: BasicBlock
+# ----------------------------------------------------------------------------- sections 3 and 4: the blocks
+def check_identity_block(
+    student: Student, cls: str, inplanes: int, planes: int, expansion: int, bn_seed: int, x_seed: int
+) -> None:
+    """The first case of the BasicBlock and Bottleneck tests: ``cls.expansion``; then ``cls(inplanes, planes)``
+    (identity shortcut), built in the kernel seeded with 0, is made of the student's own classes, takes
+    torchvision's state_dict (its BNs randomised with ``bn_seed``) and gives torchvision's output in eval mode on
+    Tensor[2, inplanes, 8, 8] (drawn with ``x_seed``), which has no negative values."""
+    assert_close(f"{cls}.expansion", class_attribute(student, cls, "expansion"), expansion)
+    label = f"{cls}({inplanes}, {planes})"
+    with seeded(0):
+        reference = randomise_batchnorm_(getattr(TV, cls)(inplanes, planes), seed=bn_seed)
+    seed_kernel(student, 0)
+    block = build(student, label)
+    structure = describe(student, block, label)
+    assert_own_modules(label, structure)
+    load_reference(student, block, structure, reference, label)
+    x = randn(x_seed, 2, inplanes, 8, 8)
+    out = compare_outputs(student, f"{label}, eval mode, on Tensor[2, {inplanes}, 8, 8]", block, reference, x)
+    assert_close(f"{cls} output passes through a final ReLU (no negative values)", bool((out >= 0).all()), True)
+
+
+def check_strided_block_outputs(
+    student: Student, cls: str, name: str, label: str, block: Remote, reference: nn.Module, x: Tensor, shape: tuple
+) -> None:
+    """The strided case of the BasicBlock and Bottleneck tests, once torchvision's weights are loaded into the
+    student's ``block`` (``name`` without, ``label`` with its downsample): the outputs in eval mode (of ``shape``,
+    no negative values: the ReLU comes after the addition) and in train mode (batch statistics) are
+    torchvision's, and the block leaves its input ``x`` unchanged."""
+    dims = ", ".join(map(str, x.shape))
+    out = compare_outputs(student, f"{name}, eval mode, on Tensor[{dims}]", block, reference, x)
+    assert_close(f"{name} output shape", tuple(out.shape), shape)
+    assert_close(f"{cls} output is non-negative (ReLU after the addition)", bool((out >= 0).all()), True)
+    compare_outputs(student, f"{name}, train mode (batch statistics)", block, reference, x, train=True)
+    after = run(student, label, INPUT_AFTER_CALL, model=block, x=x.clone())
+    assert_close(f"{cls} leaves its input unchanged", after, x)
+
+
 @graded("test_basic_block", inject=HELPERS)
 def test_basic_block(student: Student) -> None:
-    assert_close("BasicBlock.expansion", class_attribute(student, "BasicBlock", "expansion"), 1)
-    with seeded(0):
-        reference = randomise_batchnorm_(TV.BasicBlock(16, 16), seed=1)
-    seed_kernel(student, 0)
-    block = build(student, "BasicBlock(16, 16)")
-    structure = describe(student, block, "BasicBlock(16, 16)")
-    assert_own_modules("BasicBlock(16, 16)", structure)
-    load_reference(student, block, structure, reference, "BasicBlock(16, 16)")
-    x = randn(200, 2, 16, 8, 8)
-    out = compare_outputs(student, "BasicBlock(16, 16), eval mode, on Tensor[2, 16, 8, 8]", block, reference, x)
-    assert_close("BasicBlock output passes through a final ReLU (no negative values)", bool((out >= 0).all()), True)
+    check_identity_block(student, "BasicBlock", 16, 16, expansion=1, bn_seed=1, x_seed=200)
 
     # a block that halves the resolution and doubles the channels, with torchvision's projection shortcut
     with seeded(1):
@@ -470,16 +485,9 @@ def test_basic_block(student: Student) -> None:
         "BasicBlock(32, 64, stride=2): conv2 has stride 1", structure.module(label, "conv2").attrs.get("stride"), (1, 1)
     )
     x = randn(201, 3, 32, 11, 11, dtype=torch.float64)
-    out = compare_outputs(
-        student, "BasicBlock(32, 64, stride=2), eval mode, on Tensor[3, 32, 11, 11]", block, reference, x
+    check_strided_block_outputs(
+        student, "BasicBlock", "BasicBlock(32, 64, stride=2)", label, block, reference, x, (3, 64, 6, 6)
     )
-    assert_close("BasicBlock(32, 64, stride=2) output shape", tuple(out.shape), (3, 64, 6, 6))
-    assert_close("BasicBlock output is non-negative (ReLU after the addition)", bool((out >= 0).all()), True)
-    compare_outputs(
-        student, "BasicBlock(32, 64, stride=2), train mode (batch statistics)", block, reference, x, train=True
-    )
-    after = run(student, label, INPUT_AFTER_CALL, model=block, x=x.clone())
-    assert_close("BasicBlock leaves its input unchanged", after, x)
 
     # zero residual branch: the block must reduce to ReLU(x), also for negative inputs
     seed_kernel(student, 2)
@@ -496,20 +504,9 @@ def test_basic_block(student: Student) -> None:
     assert_close("BasicBlock with a zeroed residual branch computes ReLU(x)", got, torch.relu(x), rtol=1e-6, atol=1e-7)
 
 
-# ----------------------------------------------------------------------------- section 4: Bottleneck
 @graded("test_bottleneck", inject=HELPERS)
 def test_bottleneck(student: Student) -> None:
-    assert_close("Bottleneck.expansion", class_attribute(student, "Bottleneck", "expansion"), 4)
-    with seeded(0):
-        reference = randomise_batchnorm_(TV.Bottleneck(64, 16), seed=3)
-    seed_kernel(student, 0)
-    block = build(student, "Bottleneck(64, 16)")
-    structure = describe(student, block, "Bottleneck(64, 16)")
-    assert_own_modules("Bottleneck(64, 16)", structure)
-    load_reference(student, block, structure, reference, "Bottleneck(64, 16)")
-    x = randn(300, 2, 64, 8, 8)
-    out = compare_outputs(student, "Bottleneck(64, 16), eval mode, on Tensor[2, 64, 8, 8]", block, reference, x)
-    assert_close("Bottleneck output passes through a final ReLU (no negative values)", bool((out >= 0).all()), True)
+    check_identity_block(student, "Bottleneck", 64, 16, expansion=4, bn_seed=3, x_seed=300)
 
     with seeded(1):
         reference = randomise_batchnorm_(TV.Bottleneck(64, 32, 2, tv_downsample(64, 128, 2)), seed=4)
@@ -534,16 +531,9 @@ def test_bottleneck(student: Student) -> None:
             (c_in, c_out),
         )
     x = randn(301, 3, 64, 9, 13, dtype=torch.float64)
-    out = compare_outputs(
-        student, "Bottleneck(64, 32, stride=2), eval mode, on Tensor[3, 64, 9, 13]", block, reference, x
+    check_strided_block_outputs(
+        student, "Bottleneck", "Bottleneck(64, 32, stride=2)", label, block, reference, x, (3, 128, 5, 7)
     )
-    assert_close("Bottleneck(64, 32, stride=2) output shape", tuple(out.shape), (3, 128, 5, 7))
-    assert_close("Bottleneck output is non-negative (ReLU after the addition)", bool((out >= 0).all()), True)
-    compare_outputs(
-        student, "Bottleneck(64, 32, stride=2), train mode (batch statistics)", block, reference, x, train=True
-    )
-    after = run(student, label, INPUT_AFTER_CALL, model=block, x=x.clone())
-    assert_close("Bottleneck leaves its input unchanged", after, x)
 
     # stride 1 but more channels: a projection without downsampling (the first block of ResNet-50)
     with seeded(2):
