@@ -27,6 +27,8 @@ def test_all_is_literal_and_exported_by_utils():
     "call",
     [
         lambda: cases.random_conv_case((2, 3, 7, 9), (4, 3, 3, 3), stride=2, padding=1, seed=5),
+        lambda: cases.random_pool_case((2, 3, 7, 9), kernel_size=3, stride=2, seed=5),
+        lambda: cases.random_transpose_case((2, 3, 4, 5), (3, 2, 3, 3), seed=5),
         lambda: cases.random_boxes(7, seed=3),
         lambda: cases.random_scores(7, seed=3),
         lambda: cases.clustered_boxes(50, 4, seed=3),
@@ -69,10 +71,23 @@ def test_boxes_are_well_formed():
     assert not torch.equal(scores, torch.rand(100, generator=torch.Generator().manual_seed(0)))  # its own stream
 
 
-@pytest.mark.parametrize("paths", [cases.NMS_FORBIDDEN, cases.MAP_FORBIDDEN], ids=["nms", "mean_average_precision"])
-def test_forbidden_lists_name_existing_functions_and_block_them(paths):
+FORBIDDEN_LISTS = [
+    "NMS_FORBIDDEN",
+    "MAP_FORBIDDEN",
+    "CONV_BACKPROP_FORBIDDEN",
+    "CONV_BACKPROP_AUTOGRAD",
+    "CONV_ARITHMETIC_FORBIDDEN",
+    "RESNET_BLOCKS_FORBIDDEN",
+    "BATCHNORM_FORBIDDEN",
+]
+
+
+@pytest.mark.parametrize("name", FORBIDDEN_LISTS)
+def test_forbidden_lists_name_existing_functions_and_block_them(name):
     # a library upgrade that renames one of them must show here, not as a guard that blocks nothing
     from utils.testing import ForbiddenFunctionError, _resolve, forbid
+
+    paths = getattr(cases, name)
 
     assert len(set(paths)) == len(paths)
     for path in paths:
@@ -83,7 +98,18 @@ def test_forbidden_lists_name_existing_functions_and_block_them(paths):
         "torchvision.ops.nms": lambda: torchvision.ops.nms(box, torch.ones(1), 0.5),
         "torch.ops.torchvision.nms": lambda: torch.ops.torchvision.nms(box, torch.ones(1), 0.5),
         "utils.detection.coco_matches": lambda: utils.detection.coco_matches(box, torch.ones(1), box, 0.5),
+        "torch.nn.functional.conv2d": lambda: torch.nn.functional.conv2d(
+            torch.ones(1, 1, 3, 3), torch.ones(1, 1, 2, 2)
+        ),
+        "torch.autograd.grad": lambda: torch.autograd.grad(torch.ones(1, requires_grad=True).sum(), []),
+        "utils.train.flops_by_module": lambda: utils.flops_by_module(nn.Conv2d(1, 1, 3), (1, 1, 5, 5)),
+        "torch.utils.flop_counter.FlopCounterMode": lambda: torch.utils.flop_counter.FlopCounterMode(display=False),
+        "torchvision.models.resnet.conv3x3": lambda: torchvision.models.resnet.conv3x3(2, 2),
+        "torch.nn.functional.batch_norm": lambda: torch.nn.functional.batch_norm(
+            torch.ones(2, 3), None, None, training=True
+        ),
     }
+    assert any(path in paths for path in blocked), f"{name}: no example call of the list is checked"
     with forbid(*paths):
         for path, call in blocked.items():
             if path in paths:

@@ -22,6 +22,7 @@ from .convmath import conv_output_size
 __all__ = [
     "CONV_BACKPROP_FORBIDDEN",
     "CONV_BACKPROP_AUTOGRAD",
+    "CONV_ARITHMETIC_FORBIDDEN",
     "random_conv_case",
     "random_pool_case",
     "random_transpose_case",
@@ -76,6 +77,16 @@ CONV_BACKPROP_AUTOGRAD: tuple[str, ...] = (
     "torch.Tensor.backward",
     "torch.func.vjp",
     "torch.func.grad",
+)
+
+# What conv_arithmetic may not call: the course's own cost helpers (its answer, ready-made) and torch's FLOP
+# counter (the MACs of a layer built with the given shapes, measured instead of derived).
+CONV_ARITHMETIC_FORBIDDEN: tuple[str, ...] = (
+    "utils.convmath.conv_cost",
+    "utils.convmath.conv_output_size",
+    "utils.train.count_flops",
+    "utils.train.flops_by_module",
+    "torch.utils.flop_counter.FlopCounterMode",
 )
 
 

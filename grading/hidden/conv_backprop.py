@@ -49,6 +49,7 @@ import utils
 from grading.hidden import _substitutes as sub
 from grading.trusted import ForbiddenUse, KernelFailure, Remote, Student, StudentError, grades
 from utils.cases import (
+    CONV_ARITHMETIC_FORBIDDEN,
     CONV_BACKPROP_AUTOGRAD,
     CONV_BACKPROP_FORBIDDEN,
     random_conv_case,
@@ -78,11 +79,7 @@ LIBRARY_OPS: tuple[str, ...] = (
 # The public autograd entry points (utils.cases' list, the notebook's AUTOGRAD).
 AUTOGRAD: tuple[str, ...] = CONV_BACKPROP_AUTOGRAD
 # conv_arithmetic must do its own arithmetic (the notebook's BLOCK).
-ARITHMETIC_HELPERS: tuple[str, ...] = (
-    "utils.convmath.conv_cost",
-    "utils.convmath.conv_output_size",
-    "utils.train.count_flops",
-)
+ARITHMETIC_HELPERS: tuple[str, ...] = CONV_ARITHMETIC_FORBIDDEN
 
 ConvCase = tuple[Any, ...]  # (x_shape, w_shape, stride, padding) or (x_shape, w_shape, stride, padding, dtype)
 PoolCase = tuple[tuple[int, int, int, int], int, int]  # (x_shape, kernel, stride)
