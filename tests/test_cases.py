@@ -35,6 +35,11 @@ def test_all_is_literal_and_exported_by_utils():
         lambda: cases.random_targets(4, seed=3, crowded=True),
         lambda: cases.simulate_detections(cases.random_targets(4, seed=3), seed=4),
         lambda: cases.batchnorm2d_steps(3, (4, 5, 5), steps=2, seed=3),
+        lambda: cases.random_bn_case((6, 4), seed=3, scale=2.0, shift=3.0, steps=3, constant_feature=0.5),
+        lambda: cases.random_bn_case((2, 3, 4, 5), seed=3, scale=2.0, shift=1.0, x_first=True, with_dout=True),
+        lambda: cases.random_norm_case((2, 6, 4, 4), seed=3, scale=2.0, shift=-1.0),
+        lambda: cases.random_fold_case(6, 9, 3, seed=3, groups=3),
+        lambda: cases.random_fold_case(2, 5, 1, seed=3, with_bias=False),
     ],
 )
 def test_same_seed_same_values_and_global_generator_untouched(call):
@@ -43,6 +48,8 @@ def test_same_seed_same_values_and_global_generator_untouched(call):
     assert torch.equal(torch.random.get_rng_state(), state), "the global generator was used"
 
     def flat(v):
+        if v is None:  # random_fold_case's conv bias, without one
+            return []
         if isinstance(v, torch.Tensor):
             return [v]
         if isinstance(v, dict):
@@ -158,3 +165,34 @@ def test_batchnorm2d_reference_and_recorded_steps():
     assert len(records) == 3 and not reference.training
     assert {"output", "gradient of the input", "weight.grad", "bias.grad", "running_mean"} <= set(records[0])
     assert int(records[1]["num_batches_tracked"]) == 2 and int(records[2]["num_batches_tracked"]) == 2  # eval step
+
+
+def test_random_bn_case_shapes_order_and_constant_feature():
+    gamma, beta, mean, var, xs, douts = cases.random_bn_case(
+        (5, 3, 2, 2), seed=0, scale=2.0, shift=0.5, steps=2, var_offset=0.2, with_dout=True, dtype=torch.float32
+    )
+    assert [t.shape for t in (gamma, beta, mean, var)] == [(3,)] * 4
+    assert [x.shape for x in xs + douts] == [(5, 3, 2, 2)] * 4
+    assert {t.dtype for t in (gamma, beta, mean, var, *xs, *douts)} == {torch.float32}
+    assert bool(((var >= 0.2) & (var < 1.2)).all())
+    *_, xs_only, none = cases.random_bn_case((4, 2), seed=0, scale=1.0, shift=0.0, steps=3)
+    assert len(xs_only) == 3 and none == []
+    # x_first draws the input before the parameters, from the same stream: the two orders differ
+    g1, *_, [x1], _ = cases.random_bn_case((4, 2), seed=0, scale=1.0, shift=0.0, x_first=True)
+    g2, *_, [x2], _ = cases.random_bn_case((4, 2), seed=0, scale=1.0, shift=0.0)
+    assert torch.equal(x1.flatten()[:2], g2) and torch.equal(x2.flatten()[:2], g1)
+    *_, [x], _ = cases.random_bn_case((6, 3), seed=0, scale=2.0, shift=1.0, constant_feature=0.75)
+    assert bool((x[:, 0] == 0.75).all()) and bool((x[:, 1:].var(dim=0) > 0).all())
+
+
+def test_random_norm_and_fold_case_shapes():
+    x, gamma, beta, dout = cases.random_norm_case((2, 6, 3, 3), seed=0, scale=2.0, shift=-1.0)
+    assert x.shape == dout.shape == (2, 6, 3, 3) and gamma.shape == beta.shape == (6,)
+    assert x.dtype == torch.float64
+    conv_weight, conv_bias, bn_weight, bn_bias, mean, var, x = cases.random_fold_case(6, 9, 3, seed=0, groups=3)
+    assert conv_weight.shape == (9, 2, 3, 3) and x.shape == (2, 6, 7, 6)
+    assert [t.shape for t in (conv_bias, bn_weight, bn_bias, mean, var)] == [(9,)] * 5
+    assert bool(((var >= 0.1) & (var < 1.1)).all())
+    without = cases.random_fold_case(6, 9, 3, seed=0, groups=3, with_bias=False)
+    assert without[1] is None and torch.equal(without[0], conv_weight)  # no bias drawn: the rest move up
+    assert torch.equal(without[2], conv_bias)

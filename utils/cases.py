@@ -37,6 +37,9 @@ __all__ = [
     "RESNET_BLOCKS_FORBIDDEN",
     "randomise_batchnorm_",
     "BATCHNORM_FORBIDDEN",
+    "random_bn_case",
+    "random_norm_case",
+    "random_fold_case",
     "batchnorm2d_reference",
     "batchnorm2d_steps",
     "record_training_steps",
@@ -377,6 +380,90 @@ BATCHNORM_FORBIDDEN: tuple[str, ...] = (
     "torch.nn.BatchNorm3d",
     "torch.nn.BatchNorm2d",
 )
+
+
+def _bn_parameters(
+    g: torch.Generator, C: int, dtype: torch.dtype, var_offset: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(gamma, beta, running_mean, running_var)``, each ``Tensor[C]``, drawn from ``g`` in this order: N(0, 1)
+    but the variance, uniform in [var_offset, var_offset + 1)."""
+    gamma = torch.randn(C, generator=g, dtype=dtype)
+    beta = torch.randn(C, generator=g, dtype=dtype)
+    running_mean = torch.randn(C, generator=g, dtype=dtype)
+    running_var = torch.rand(C, generator=g, dtype=dtype) + var_offset
+    return gamma, beta, running_mean, running_var
+
+
+def random_bn_case(
+    x_shape: Sequence[int],
+    seed: int = 0,
+    *,
+    scale: float,
+    shift: float,
+    steps: int = 1,
+    x_first: bool = False,
+    var_offset: float = 0.5,
+    with_dout: bool = False,
+    constant_feature: float | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
+    """A batch-norm layer's inputs for ``steps`` calls: ``(gamma, beta, running_mean, running_var, xs, douts)``.
+
+    gamma, beta, running_mean and running_var are ``Tensor[C]`` for ``x_shape = (N, C, ...)`` (N(0, 1) but the
+    variance, uniform in [var_offset, var_offset + 1)); xs are ``steps`` inputs ``Tensor[x_shape]`` drawn
+    N(shift, scale²), with feature 0 set to ``constant_feature`` in every one if given (variance 0); douts are
+    ``steps`` upstream gradients of that shape, N(0, 1), with ``with_dout`` (else an empty list). All come from
+    one generator seeded with ``seed``, in this order: the four parameters (after the inputs with ``x_first``),
+    the inputs, the upstream gradients."""
+    g = torch.Generator().manual_seed(seed)
+    if not x_first:
+        parameters = _bn_parameters(g, x_shape[1], dtype, var_offset)
+    xs = [torch.randn(tuple(x_shape), generator=g, dtype=dtype) * scale + shift for _ in range(steps)]
+    if constant_feature is not None:
+        for x in xs:
+            x[:, 0] = constant_feature
+    if x_first:
+        parameters = _bn_parameters(g, x_shape[1], dtype, var_offset)
+    douts = [torch.randn(tuple(x_shape), generator=g, dtype=dtype) for _ in range(steps if with_dout else 0)]
+    return (*parameters, xs, douts)
+
+
+def random_norm_case(
+    x_shape: Sequence[int], seed: int = 0, *, scale: float, shift: float, dtype: torch.dtype = torch.float64
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A layer or group norm's inputs: x ``Tensor[x_shape]`` drawn N(shift, scale²) for ``x_shape = (N, C, ...)``,
+    gamma and beta ``Tensor[C]`` and an upstream gradient dout of x's shape, N(0, 1), drawn in this order from one
+    generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tuple(x_shape), generator=g, dtype=dtype) * scale + shift
+    gamma = torch.randn(x_shape[1], generator=g, dtype=dtype)
+    beta = torch.randn(x_shape[1], generator=g, dtype=dtype)
+    dout = torch.randn(tuple(x_shape), generator=g, dtype=dtype)
+    return x, gamma, beta, dout
+
+
+def random_fold_case(
+    in_ch: int,
+    out_ch: int,
+    k: int,
+    seed: int = 0,
+    *,
+    groups: int = 1,
+    with_bias: bool = True,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """A convolution followed by a batch norm, to fold: ``(conv_weight, conv_bias, bn_weight, bn_bias,
+    running_mean, running_var, x)``, drawn in this order from one generator seeded with ``seed``.
+
+    conv_weight ``Tensor[out_ch, in_ch // groups, k, k]`` and conv_bias ``Tensor[out_ch]`` (None without
+    ``with_bias``, and not drawn), N(0, 1); the BN's weight, bias, running mean ``Tensor[out_ch]`` N(0, 1) and
+    running variance uniform in [0.1, 1.1); an input x ``Tensor[2, in_ch, 7, 6]``, N(0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    conv_weight = torch.randn(out_ch, in_ch // groups, k, k, generator=g, dtype=dtype)
+    conv_bias = torch.randn(out_ch, generator=g, dtype=dtype) if with_bias else None
+    bn_weight, bn_bias, running_mean, running_var = _bn_parameters(g, out_ch, dtype, var_offset=0.1)
+    x = torch.randn(2, in_ch, 7, 6, generator=g, dtype=dtype)
+    return conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, x
 
 
 def batchnorm2d_reference(C: int, eps: float, momentum: float, seed: int) -> nn.BatchNorm2d:

@@ -27,7 +27,15 @@ from torch import Tensor
 
 from grading.hidden import _substitutes as sub
 from grading.trusted import ForbiddenUse, KernelFailure, Student, StudentError, grades
-from utils.cases import BATCHNORM_FORBIDDEN, batchnorm2d_reference, batchnorm2d_steps, record_training_steps
+from utils.cases import (
+    BATCHNORM_FORBIDDEN,
+    batchnorm2d_reference,
+    batchnorm2d_steps,
+    random_bn_case,
+    random_fold_case,
+    random_norm_case,
+    record_training_steps,
+)
 from utils.testing import assert_close  # names the case; expected vs got at the worst element
 
 F64 = torch.float64
@@ -194,18 +202,6 @@ def _triple(case: str, function: str, grads: Any) -> tuple[Any, Any, Any]:
     return grads[0], grads[1], grads[2]
 
 
-def _bn_parameters(
-    g: torch.Generator, D: int, dtype: torch.dtype = F64, var_offset: float = 0.5, grad: bool = False
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(gamma, beta, running_mean, running_var)``, each ``Tensor[D]``, drawn from ``g`` in this order: N(0, 1) but
-    the variance, uniform in [var_offset, var_offset + 1); with ``grad`` gamma and beta are autograd leaves."""
-    gamma = torch.randn(D, generator=g, dtype=dtype).requires_grad_(grad)
-    beta = torch.randn(D, generator=g, dtype=dtype).requires_grad_(grad)
-    running_mean = torch.randn(D, generator=g, dtype=dtype)
-    running_var = torch.rand(D, generator=g, dtype=dtype) + var_offset
-    return gamma, beta, running_mean, running_var
-
-
 def _assert_bn_result(
     name: str,
     got: Any,
@@ -253,14 +249,17 @@ def _check_forward_train(
 ) -> None:
     """``steps`` training-mode calls of batchnorm_forward on ``Tensor[N, D]`` against F.batch_norm, with the
     running statistics updated in place (``constant_feature``: feature 0 has variance 0)."""
-    g = torch.Generator().manual_seed(seed)
-    gamma, beta, running_mean, running_var = _bn_parameters(g, D, dtype)
+    gamma, beta, running_mean, running_var, xs, _ = random_bn_case(
+        (N, D),
+        seed,
+        scale=2.0,
+        shift=3.0,
+        steps=steps,
+        constant_feature=-1.25 if constant_feature else None,
+        dtype=dtype,
+    )
     ref_mean, ref_var = running_mean.clone(), running_var.clone()
     tol = TOL if dtype == F64 else TOL32
-    xs = [torch.randn(N, D, generator=g, dtype=dtype) * 2.0 + 3.0 for _ in range(steps)]
-    if constant_feature:
-        for x in xs:
-            x[:, 0] = -1.25
     got = _run_steps(
         student,
         case,
@@ -328,9 +327,9 @@ def test_batchnorm_forward_train(student: Student) -> None:
 # ----------------------------------------------------------------------------- Part 2: forward, evaluation
 def _check_forward_eval(student: Student, case: str, N: int, D: int, eps: float = 1e-5, seed: int = 0) -> None:
     """Evaluation mode: normalise ``Tensor[N, D]`` with the running statistics and leave them untouched."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, D, generator=g, dtype=F64) * 2.0 - 1.0
-    gamma, beta, running_mean, running_var = _bn_parameters(g, D, var_offset=0.2)
+    gamma, beta, running_mean, running_var, [x], _ = random_bn_case(
+        (N, D), seed, scale=2.0, shift=-1.0, x_first=True, var_offset=0.2
+    )
     got = _run(
         student,
         case,
@@ -384,13 +383,18 @@ def _check_norm_backward(
     The backward gets the student's own forward's cache, so a wrong backward result counts only when that
     forward's output is right on the case (a forward bug, which may spoil the cache, costs the forward's
     cell); returns whether the case was judged (False: both were wrong, nothing can be said)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, D, generator=g, dtype=dtype) * 2.0 + 1.0
-    if constant_feature:
-        x[:, 0] = 0.75  # variance 0: xhat is 0 and the gradient goes through eps alone
-    x.requires_grad_()
-    gamma, beta, running_mean, running_var = _bn_parameters(g, D, dtype, grad=True)
-    dout = torch.randn(N, D, generator=g, dtype=dtype)
+    # constant_feature: feature 0 has variance 0, so xhat is 0 and the gradient goes through eps alone
+    gamma, beta, running_mean, running_var, [x], [dout] = random_bn_case(
+        (N, D),
+        seed,
+        scale=2.0,
+        shift=1.0,
+        x_first=True,
+        with_dout=True,
+        constant_feature=0.75 if constant_feature else None,
+        dtype=dtype,
+    )
+    x, gamma, beta = x.requires_grad_(), gamma.requires_grad_(), beta.requires_grad_()
     tol = TOL if dtype == F64 else TOL32
     with student.forbid(autograd=True):
         got = _run(
@@ -548,11 +552,11 @@ def _check_spatial(
     ``steps`` steps on the same running buffers. The student's 2-D ``batchnorm_forward`` and backward passes
     are replaced by trusted tables for the (n, h, w)-ordered rows of these inputs (a bug there costs their
     own cells); a spatial version that calls them with anything else runs the student's own."""
-    g = torch.Generator().manual_seed(seed)
-    gamma, beta, running_mean, running_var = _bn_parameters(g, shape[1], grad=True)
+    gamma, beta, running_mean, running_var, xs, douts = random_bn_case(
+        shape, seed, scale=2.0, shift=0.5, steps=steps, with_dout=True
+    )
+    gamma, beta = gamma.requires_grad_(), beta.requires_grad_()
     ref_mean, ref_var = running_mean.clone(), running_var.clone()
-    xs = [(torch.randn(shape, generator=g, dtype=F64) * 2.0 + 0.5) for _ in range(steps)]
-    douts = [torch.randn(shape, generator=g, dtype=F64) for _ in range(steps)]
     calls, mean, var = [], ref_mean.clone(), ref_var.clone()
     for x, dout in zip(xs, douts):
         calls.append(
@@ -628,18 +632,16 @@ def _check_forward_backward(
     case: str,
     forward: str,
     backward: str,
-    g: torch.Generator,
-    x: Tensor,
+    inputs: tuple[Tensor, Tensor, Tensor, Tensor],
     extra: Sequence[Any],
     eps: float,
     reference: Any,
 ) -> None:
     """``forward(x, gamma, beta, *extra, eps=eps)`` then ``backward(dout, cache)`` in the kernel, against
-    ``reference(x, gamma, beta)`` and autograd through it here. ``x`` is an autograd leaf ``Tensor[N, C, ...]``
-    drawn from ``g``; gamma and beta (``Tensor[C]``, leaves) and dout (x's shape) are drawn from ``g`` after it."""
-    gamma = torch.randn(x.shape[1], generator=g, dtype=F64).requires_grad_()
-    beta = torch.randn(x.shape[1], generator=g, dtype=F64).requires_grad_()
-    dout = torch.randn(x.shape, generator=g, dtype=F64)
+    ``reference(x, gamma, beta)`` and autograd through it here; ``inputs`` are ``(x, gamma, beta, dout)`` of
+    :func:`utils.cases.random_norm_case` (x ``Tensor[N, C, ...]``, gamma and beta ``Tensor[C]``, dout x's shape)."""
+    x, gamma, beta, dout = inputs
+    x, gamma, beta = x.requires_grad_(), gamma.requires_grad_(), beta.requires_grad_()
     with student.forbid(autograd=True):
         got = _run(
             student,
@@ -669,15 +671,12 @@ def _check_layernorm(
     seed: int = 0,
 ) -> None:
     """layernorm_forward/backward on ``Tensor[N, D]`` against F.layer_norm and autograd."""
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(N, D, generator=g, dtype=F64) * 3.0 + shift).requires_grad_()
     _check_forward_backward(
         student,
         case,
         "layernorm_forward",
         "layernorm_backward",
-        g,
-        x,
+        random_norm_case((N, D), seed, scale=3.0, shift=shift),
         (),
         eps,
         lambda x_, w_, b_: F.layer_norm(x_, (D,), w_, b_, eps),
@@ -702,15 +701,12 @@ def _check_groupnorm(
     seed: int = 0,
 ) -> None:
     """groupnorm_forward/backward on ``Tensor[N, C, H, W]`` against F.group_norm and autograd."""
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(shape, generator=g, dtype=F64) * 2.0 - 1.0).requires_grad_()
     _check_forward_backward(
         student,
         case,
         "groupnorm_forward",
         "groupnorm_backward",
-        g,
-        x,
+        random_norm_case(shape, seed, scale=2.0, shift=-1.0),
         (num_groups,),
         eps,
         lambda x_, w_, b_: F.group_norm(x_, num_groups, w_, b_, eps),
@@ -896,11 +892,9 @@ def _check_fold(
 ) -> None:
     """A convolution with the folded parameters equals the convolution followed by BN (eval), computed here;
     the inputs stay untouched."""
-    g = torch.Generator().manual_seed(seed)
-    conv_weight = torch.randn(out_ch, in_ch // groups, k, k, generator=g, dtype=F64)
-    conv_bias = torch.randn(out_ch, generator=g, dtype=F64) if with_bias else None
-    bn_weight, bn_bias, running_mean, running_var = _bn_parameters(g, out_ch, var_offset=0.1)
-    x = torch.randn(2, in_ch, 7, 6, generator=g, dtype=F64)
+    conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, x = random_fold_case(
+        in_ch, out_ch, k, seed, groups=groups, with_bias=with_bias
+    )
     returned, after = _run(
         student,
         case,
