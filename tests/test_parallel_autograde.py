@@ -91,3 +91,11 @@ def test_two_workers_on_postgres_grade_exactly_as_one(tmp_path):
     assert parallel["table"] == serial["table"]
     assert parallel["csv"] == serial["csv"]
     assert parallel["feedback"] == serial["feedback"] and len(serial["feedback"]) == len(students)
+
+
+def test_benchmark_times_a_solution_whose_written_answers_wait_for_the_instructor():
+    """batchnorm's solution gets every autograded point and leaves its written answers ungraded: the benchmark
+    judges the autograded points, so `python -m grading.benchmark --per-assignment` runs on every assignment."""
+    from grading import benchmark
+
+    assert benchmark.one_submission("batchnorm", repeats=1) > 0
