@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import resource
@@ -140,11 +141,36 @@ def markdown(result: dict) -> str:
             f"| {run['jobs']} | {run['seconds']:.1f} | {run['seconds'] / c['size']:.2f} s | "
             f"{base / run['seconds']:.2f}x |"
         )
+    lines += sizing(c)
     if result.get("one_submission_seconds"):
         lines += ["", "One submission alone (`nbgrader autograde`, best of 2):", ""]
         lines += [f"- `{a}`: {s:.1f} s" for a, s in result["one_submission_seconds"].items()]
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def sizing(c: dict, class_sizes: tuple[int, ...] = (200, 1000), hours: float = 1.0) -> list[str]:
+    """The workers a class of each size needs to be graded within ``hours`` (docs/cluster.md), from the 1- and
+    2-worker runs: ``t1`` seconds per submission on one worker, ``e = S2 / 2`` the share of a core a worker keeps
+    beside another, ``W = ceil(N * t1 / (3600 * hours * e))``, in 2-core pods of ``ceil(W / 2)``."""
+    seconds = {run["jobs"]: run["seconds"] for run in c["runs"]}
+    if 1 not in seconds or 2 not in seconds:
+        return []
+    t1 = seconds[1] / c["size"]
+    e = seconds[1] / seconds[2] / 2
+    budget = 3600 * hours * e
+    lines = [
+        "",
+        f"Sizing (docs/cluster.md): `t1 = {t1:.2f} s`, `S2 = {2 * e:.2f}`, `e = S2 / 2 = {e:.2f}`; workers to grade a "
+        f"class of `{c['assignment']}` within {hours:g} h:",
+        "",
+        "| class size `N` | worker-seconds `N * t1` | workers `W` | 2-core pods |",
+        "|---:|---:|---:|---:|",
+    ]
+    for n in class_sizes:
+        workers = math.ceil(n * t1 / budget)
+        lines.append(f"| {n} | {n * t1:.0f} | {workers} | {math.ceil(workers / 2)} |")
+    return lines
 
 
 def write_benchmarks_md(section: str, path: Path = BENCHMARKS) -> None:

@@ -17,8 +17,6 @@ from grading import pipeline, postgres, submissions
 REPO = Path(__file__).resolve().parent.parent
 ASSIGNMENT = "nms"  # the cheapest assignment to grade
 
-pytestmark = pytest.mark.slow
-
 
 def _inbox(folder: Path) -> list[str]:
     """A correct, a blank and two wrong submissions (four students, two per worker)."""
@@ -51,6 +49,7 @@ def _grades_table(url: str) -> list[tuple]:
     return rows
 
 
+@pytest.mark.slow
 def test_two_workers_on_postgres_grade_exactly_as_one(tmp_path):
     inbox = tmp_path / "inbox"
     students = _inbox(inbox)
@@ -93,9 +92,23 @@ def test_two_workers_on_postgres_grade_exactly_as_one(tmp_path):
     assert parallel["feedback"] == serial["feedback"] and len(serial["feedback"]) == len(students)
 
 
+@pytest.mark.slow
 def test_benchmark_times_a_solution_whose_written_answers_wait_for_the_instructor():
     """batchnorm's solution gets every autograded point and leaves its written answers ungraded: the benchmark
     judges the autograded points, so `python -m grading.benchmark --per-assignment` runs on every assignment."""
     from grading import benchmark
 
     assert benchmark.one_submission("batchnorm", repeats=1) > 0
+
+
+def test_benchmark_sizing_table_follows_the_cluster_formula():
+    """W = ceil(N * t1 / (3600 * S2 / 2)), pods ceil(W / 2), as docs/cluster.md derives it."""
+    from grading import benchmark
+
+    runs = {"size": 10, "assignment": "nms", "runs": [{"jobs": 1, "seconds": 100.0}, {"jobs": 2, "seconds": 62.5}]}
+    rows = [
+        line for line in benchmark.sizing(runs, class_sizes=(200, 1000)) if line.startswith("| 2") or "1000" in line
+    ]
+    # t1 = 10 s, S2 = 1.6, e = 0.8: 200 * 10 / 2880 -> 1 worker; 1000 * 10 / 2880 = 3.47 -> 4 workers, 2 pods
+    assert rows == ["| 200 | 2000 | 1 | 1 |", "| 1000 | 10000 | 4 | 2 |"]
+    assert benchmark.sizing({**runs, "runs": runs["runs"][:1]}) == [], "no 2-worker run, no speed-up to size with"
