@@ -1,9 +1,13 @@
-"""Random inputs of the assignments' tests: the generators the notebooks' tests and the grader both draw from.
+"""The assignments' test inputs and rules: generators and blocked-function lists shared by notebooks and grader.
 
 Each assignment's notebook shows its tests' inputs being made by these functions, and the grader's hidden
 tests make theirs with the same functions (with seeds, sizes and cases of their own), so what a student
 tests against and what the grader tests against are drawn the same way. Every function takes its seed as
 an argument and draws from its own generator: the global random state is left alone.
+
+Each section also holds the assignment's list of library functions its graded code may not call
+(``NMS_FORBIDDEN``, ``BATCHNORM_FORBIDDEN``, ...): the notebook prints it and its tests block it, and the
+grader blocks the same list, so the two cannot drift apart.
 
     >>> from utils.cases import random_boxes, random_scores
     >>> boxes, scores = random_boxes(5, seed=0), random_scores(5, seed=0)    # Tensor[5, 4], Tensor[5]
