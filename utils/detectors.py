@@ -273,9 +273,9 @@ def train_one_stage(
     labels, deltas = _match_all(targets, anchors)
     flip_labels, flip_deltas = _match_all([hflip_targets(t, images.shape[-1]) for t in targets], anchors)
     n = len(images)
-    steps = epochs * math.ceil(n / batch_size)
+    steps_per_epoch = math.ceil(n / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
     parts: list[tuple[float, float]] = []  # each step's (focal, smooth L1) share of its epoch's mean
 
     def batch_loss(idx: Tensor) -> Tensor:
@@ -290,14 +290,11 @@ def train_one_stage(
         return cls_loss + box_loss
 
     train_minibatches(model, n, batch_loss, optimizer, epochs, batch_size, generator, scheduler)
-    steps_per_epoch = math.ceil(n / batch_size)
     history: dict[str, list[float]] = {"classification (focal)": [], "box (smooth L1)": []}
     for epoch in range(epochs):
-        totals = [0.0, 0.0]
-        for step in parts[epoch * steps_per_epoch : (epoch + 1) * steps_per_epoch]:
-            totals = [total + part for total, part in zip(totals, step)]
-        for key, value in zip(history, totals):
-            history[key].append(value)
+        epoch_parts = parts[epoch * steps_per_epoch : (epoch + 1) * steps_per_epoch]
+        for k, key in enumerate(history):
+            history[key].append(sum(part[k] for part in epoch_parts))
     return history
 
 
